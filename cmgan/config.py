@@ -168,6 +168,15 @@ class AugmentConfig:
     intensity: float = 0.05
     """MR only: maximum gamma/contrast jitter (0 disables)."""
 
+    def __post_init__(self) -> None:
+        for name in ("hflip", "vflip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be a probability in [0, 1]")
+        for name in ("rotate_deg", "scale", "translate", "intensity"):
+            _positive("data.augment", name, getattr(self, name), strict=False)
+        if self.scale >= 1.0:
+            raise ConfigError(f"data.augment.scale={self.scale} must be < 1 (a relative zoom)")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -187,9 +196,14 @@ class DataConfig:
     """Samples held in the shuffle buffer of each stream."""
     prefetch_factor: int = 4
     """Batches prefetched by each worker."""
+    resume: str = "reseed"
+    """After a restart: reseed (fold the restart count into the data seeds: reproducible, no replayed sequence) or
+    exact (fast-forward each worker to the batch where it stopped: the uninterrupted stream; reads the consumed
+    samples once at start-up; needs the same num_workers and batch size)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        _choice("data", "resume", self.resume, ("reseed", "exact"))
         _positive("data", "batch_size", self.batch_size)
         _positive("data", "num_workers", self.num_workers, strict=False)
         _choice("data", "split", self.split, ("train", "val", "test"))
@@ -237,9 +251,16 @@ class TrainConfig:
     """With nonfinite = skip: stop after this many consecutive skipped steps."""
     seg_checkpoint: str = ""
     """Frozen segmentation U-Net exported by `launch/train.py --stage seg` (required when model.fusion != none)."""
+    expect_world_size: int = 0
+    """Fail at start-up unless the job runs exactly this many processes (0: accept any)."""
 
     def __post_init__(self) -> None:
         _choice("train", "precision", self.precision, ("fp32", "bf16", "fp16"))
+        _positive("train", "expect_world_size", self.expect_world_size, strict=False)
+        if self.backend == "deepspeed" and self.precision == "fp16":
+            raise ConfigError("train.precision=fp16 is not supported with train.backend=deepspeed; use bf16")
+        if self.backend == "deepspeed" and self.nonfinite == "skip":
+            raise ConfigError("train.nonfinite=skip needs train.backend=ddp (DeepSpeed cannot skip an update)")
         _choice("train", "backend", self.backend, ("ddp", "deepspeed"))
         _choice("train", "zero_stage", self.zero_stage, (0, 1, 2))
         _choice("train", "nonfinite", self.nonfinite, ("stop", "skip"))
@@ -275,12 +296,34 @@ class SegConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation: SSIM/PSNR on luminance, MI, FID against the color domain."""
+    """Evaluation: SSIM/PSNR/MI on luminance, FID against the color domain, color truth on demo data."""
 
     inception_weights: str = ""
-    """Local file of pytorch-fid's FID Inception weights (see README); empty: FID reported as unavailable."""
+    """Local file of pytorch-fid's FID Inception weights (`python -m cmgan.eval.inception convert` makes one
+    offline); empty: pytorch-fid's own file in the torch hub cache if present, else FID is reported unavailable."""
     ssim_window: int = 11
-    """SSIM Gaussian window size (11, sigma 1.5: the common standard; the authors used 101)."""
+    """SSIM window side in pixels (11 with sigma 1.5: the common standard; the authors used 101)."""
+    ssim_kernel: str = "gaussian"
+    """SSIM window weights: gaussian (Wang et al.; with ssim_sigma) or uniform (scikit-image's default kind)."""
+    ssim_sigma: float = 1.5
+    """Standard deviation in pixels of the Gaussian SSIM window."""
+    ssim_sample_covariance: bool = False
+    """SSIM local variances with N/(N-1) (scikit-image's default for uniform windows); false: population."""
+    mi_bins: int = 256
+    """Bins per axis of the joint histogram of the mutual information (luminance in [0, 1])."""
+    fid_dims: int = 2048
+    """Inception feature size of FID (pytorch-fid's --dims: 64, 192, 768, 2048 = pool3, the standard)."""
+    fid_quantize: bool = True
+    """Round generated images to 8 bits before the Inception, as pytorch-fid sees them when read from PNGs."""
+    fid_precision: str = "fp32"
+    """Inception forward: fp32 (exact, pytorch-fid's) or bf16 (autocast + channels_last; bench/eval.py
+    reports the FID difference)."""
+    real_splits: tuple[str, ...] = ("train", "val", "test")
+    """Splits of the real color shards whose images form FID's reference set (those present are used)."""
+    stats_cache: str = ""
+    """Folder of cached real-domain FID statistics (npz keyed by data and weights); empty: ~/.cache/cmgan/fid."""
+    color_min_pixels: int = 16
+    """Demo color metrics: a tissue label counts on a slice only with at least this many pixels."""
     batch_size: int = 16
     """Images per forward pass of the evaluator."""
     max_images: int = 0
@@ -292,6 +335,17 @@ class EvalConfig:
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ConfigError(f"eval.ssim_window={self.ssim_window} must be an odd integer >= 3")
         _choice("eval", "split", self.split, ("train", "val", "test"))
+        _choice("eval", "ssim_kernel", self.ssim_kernel, ("gaussian", "uniform"))
+        _choice("eval", "fid_dims", self.fid_dims, (64, 192, 768, 2048))
+        _choice("eval", "fid_precision", self.fid_precision, ("fp32", "bf16"))
+        for split in self.real_splits:
+            _choice("eval", "real_splits", split, ("train", "val", "test"))
+        _positive("eval", "ssim_sigma", self.ssim_sigma)
+        _positive("eval", "batch_size", self.batch_size)
+        _positive("eval", "max_images", self.max_images, strict=False)
+        _positive("eval", "color_min_pixels", self.color_min_pixels)
+        if self.mi_bins < 2:
+            raise ConfigError(f"eval.mi_bins={self.mi_bins} must be >= 2")
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,16 @@ Defined once here and imported by the writer (`shards/`) and the reader (`cmgan.
 cannot drift. Every member is stored as a `.npy` (decoded with `allow_pickle=False`) or `.json`; nothing in a
 shard is ever unpickled.
 
-    __key__      "<subject>_<slice:04d>"  (subject is a salted pseudonym, never a patient identifier)
+    __key__      "<volume>_<slice:04d>"  (volume = the subject's salted pseudonym, + "v<n>" when a subject has
+                 several volumes; never a patient identifier)
     mr.npy       (H, W)    float16 in [-1, 1], background = -1           (MR domain)
     rgb.npy      (H, W, 3) uint8   in [0, 255], background = 0           (color domain)
     mask.npy     (H, W)    uint8   in {0, 1}, 1 = foreground             (both domains)
     label.npy    (H, W)    uint8   in [0, num_classes), 0 = background   (MR, optional)
     truth.npy    (H, W, 3) uint8   true color rendering                 (demo MR test split only)
-    meta.json    {"subject", "slice", "axis", "spacing", "source_sha256", "domain", "split"}
+    meta.json    {"subject", "slice", "axis", "spacing", "source_sha256", "domain", "split"} (required), and
+                 "volume", "placement" (normalize.Placement.to_dict(): how the slice was cropped/resized/padded),
+                 "pixel_mm" (MR: row, column pixel size of the source slice)
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def check_member(key: str, name: str, array: np.ndarray, size: int | None = None
         raise SchemaError(f"{where}: shape {array.shape[:2]}, expected ({size}, {size})")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise SchemaError(f"{where}: contains NaN or infinite values")
+    if array.dtype.kind in "ui" and np.iinfo(array.dtype).min >= spec.lo and np.iinfo(array.dtype).max <= spec.hi:
+        return  # every value of the dtype is in range (uint8 RGB): skip the scan
     if array.size and (array.min() < spec.lo or array.max() > spec.hi):
         raise SchemaError(f"{where}: values in [{array.min()}, {array.max()}], expected [{spec.lo}, {spec.hi}]")
 

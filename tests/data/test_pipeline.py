@@ -1,0 +1,148 @@
+"""The streaming loaders: rank/worker splitting, reproducibility, resume, augmentation, corrupt samples, and the
+ordered evaluation reader."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmgan.config import AugmentConfig, DataConfig
+from cmgan.data.pipeline import LabelledStream, UnpairedStream, assign_shards, read_split, split_shards, split_size
+
+NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, rotate_deg=0, scale=0, translate=0, intensity=0)
+
+
+def _cfg(root: Path, **kw) -> DataConfig:
+    base = dict(mr_shards=str(root / "mr"), color_shards=str(root / "color"), batch_size=2, num_workers=0,
+                shuffle_buffer=8)
+    return DataConfig(**{**base, **kw})
+
+
+def _keys(root: Path, domain: str, split: str) -> set[str]:
+    return {s["__key__"] for s in read_split(root / domain, split, keys=())}
+
+
+def test_two_nodes_with_two_workers_read_disjoint_shards_whose_union_is_the_split(demo_shards: Path) -> None:
+    urls, manifest = split_shards(demo_shards / "mr", "train")
+    slots = assign_shards(urls, 4, seed=0)
+    assert sorted(u for s in slots for u in s) == sorted(urls)
+    assert all(s for s in slots)
+    total = manifest["counts"]["train"]
+    seen = []
+    for rank in range(2):
+        stream = UnpairedStream(_cfg(demo_shards, batch_size=1, num_workers=2, augment=NO_AUGMENT), 32, rank=rank,
+                                world_size=2, seed=0)
+        keys = set()
+        for _, batch in zip(range(total), stream):  # each worker: total/2 samples >= one pass over its shards
+            keys.update(batch["mr_keys"])
+        seen.append(keys)
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == _keys(demo_shards, "mr", "train")
+
+
+def test_sample_stream_is_reproducible_for_a_seed_and_differs_for_another(demo_shards: Path) -> None:
+    def run(seed: int) -> list[dict]:
+        return [b for _, b in zip(range(5), UnpairedStream(_cfg(demo_shards, num_workers=2), 32, seed=seed))]
+
+    a, b, c = run(1), run(1), run(2)
+    for x, y in zip(a, b):
+        assert x["mr_keys"] == y["mr_keys"] and x["color_keys"] == y["color_keys"]
+        assert torch.equal(x["mr"], y["mr"]) and torch.equal(x["color"], y["color"])
+    assert [x["mr_keys"] for x in a] != [x["mr_keys"] for x in c]
+
+
+def test_exact_resume_continues_exactly_where_the_stream_stopped(demo_shards: Path) -> None:
+    cfg = _cfg(demo_shards, num_workers=2, resume="exact")
+    full = [b for _, b in zip(range(9), UnpairedStream(cfg, 32, seed=5))]
+    first = UnpairedStream(cfg, 32, seed=5)
+    head = [b for _, b in zip(range(5), first)]
+    state = json.loads(json.dumps(first.state()))  # what a checkpoint stores
+    tail = [b for _, b in zip(range(4), UnpairedStream(cfg, 32, seed=5, start_state=state))]
+    for x, y in zip(full, head + tail):
+        assert x["mr_keys"] == y["mr_keys"] and x["color_keys"] == y["color_keys"]
+        assert torch.equal(x["mr"], y["mr"]) and torch.equal(x["color"], y["color"])
+
+
+def test_reseed_resume_is_reproducible_and_does_not_replay_the_stream(demo_shards: Path) -> None:
+    cfg = _cfg(demo_shards, num_workers=0, batch_size=4)
+    first = UnpairedStream(cfg, 32, seed=5)
+    before = [b["mr_keys"] for _, b in zip(range(4), first)]
+    state = first.state()
+    after = [b["mr_keys"] for _, b in zip(range(4), UnpairedStream(cfg, 32, seed=5, start_state=state))]
+    again = [b["mr_keys"] for _, b in zip(range(4), UnpairedStream(cfg, 32, seed=5, start_state=state))]
+    assert after == again and after != before
+    assert UnpairedStream(cfg, 32, seed=5, start_state=state).state()["restarts"] == 1
+
+
+def test_batches_have_the_documented_shapes_ranges_and_background(demo_shards: Path) -> None:
+    stream = UnpairedStream(_cfg(demo_shards, batch_size=3), 16, seed=0)  # shards are 32: resampled to 16
+    batch = next(iter(stream))
+    assert batch["mr"].shape == (3, 1, 16, 16) and batch["color"].shape == (3, 3, 16, 16)
+    assert batch["mr_label"].shape == (3, 16, 16) and batch["mr_label"].dtype == torch.int64
+    for name in ("mr", "color"):
+        img, mask = batch[name], batch[f"{name}_mask"]
+        assert img.dtype == torch.float32 and img.min() >= -1 and img.max() <= 1
+        assert (img.masked_select(mask.expand_as(img) == 0) == -1).all()
+    assert ((batch["mr_label"] > 0) <= (batch["mr_mask"][:, 0] > 0)).all()
+
+
+def test_augmentation_moves_image_mask_and_label_together(demo_shards: Path) -> None:
+    strong = AugmentConfig(hflip=0.5, vflip=0.5, rotate_deg=30, scale=0.2, translate=0.1, intensity=0)
+    plain = next(iter(UnpairedStream(_cfg(demo_shards, batch_size=8, augment=NO_AUGMENT), 32, seed=3)))
+    moved = next(iter(UnpairedStream(_cfg(demo_shards, batch_size=8, augment=strong), 32, seed=3)))
+    assert plain["mr_keys"] == moved["mr_keys"] and not torch.equal(plain["mr"], moved["mr"])
+    for batch in (plain, moved):
+        tissue = batch["mr_label"] > 0
+        # White matter (label 3) is the brightest tissue of the phantom T1: a misaligned label would not be.
+        wm = batch["mr"][:, 0][batch["mr_label"] == 3].mean()
+        other = batch["mr"][:, 0][tissue & (batch["mr_label"] != 3)].mean()
+        assert wm > other + 0.3
+        assert (tissue <= (batch["mr_mask"][:, 0] > 0)).all()
+
+
+def test_corrupt_member_and_truncated_tar_are_skipped_counted_and_the_stream_goes_on(
+    tmp_path: Path, demo_shards: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "s"
+    shutil.copytree(demo_shards, root, ignore=shutil.ignore_patterns("sources", "volumes.zarr"))
+    shards = sorted((root / "mr").glob("train-*.tar"))
+    with tarfile.open(shards[0]) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    bad_key = members[0][0].split(".")[0]
+    with tarfile.open(shards[0], "w") as tar:
+        for name, data in members:
+            data = b"\x93NUMPY garbage" if name == f"{bad_key}.mr.npy" else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
+    stream = UnpairedStream(_cfg(root, batch_size=1, shuffle_buffer=1, augment=NO_AUGMENT), 32, seed=0)
+    keys = [b["mr_keys"][0] for _, b in zip(range(80), stream)]
+    assert bad_key not in keys and len(set(keys)) > 15
+    assert stream.state()["skipped"] >= 2
+    assert bad_key in caplog.text and "train-000" in caplog.text
+
+
+def test_read_split_ranks_cover_every_sample_exactly_once_in_order(demo_shards: Path) -> None:
+    all_keys = [s["__key__"] for s in read_split(demo_shards / "mr", "test", keys=())]
+    parts = [[s["__key__"] for s in read_split(demo_shards / "mr", "test", rank=r, world_size=3, keys=())]
+             for r in range(3)]
+    assert parts[0] + parts[1] + parts[2] == all_keys and len(set(all_keys)) == len(all_keys)
+    assert [len(p) for p in parts] == [split_size(demo_shards / "mr", "test", r, 3) for r in range(3)]
+    sample = next(read_split(demo_shards / "mr", "test", keys=("mr.npy", "truth.npy", "meta.json")))
+    assert sample["mr.npy"].dtype == np.float16 and sample["truth.npy"].shape == (32, 32, 3)
+    assert set(sample) == {"__key__", "mr.npy", "truth.npy", "meta.json"}
+
+
+def test_labelled_stream_gives_images_with_their_labels(demo_shards: Path) -> None:
+    batch = next(iter(LabelledStream(_cfg(demo_shards), 32, batch_size=4, seed=0)))
+    assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 32, 32)
+    assert int(batch["label"].max()) < 5 and int(batch["label"].max()) > 0
