@@ -1,0 +1,24 @@
+"""Sweeps of training runs on SLURM (or local subprocesses) through submitit.
+
+    from cmgan.sweep import load_sweep, load_profile, run_sweep
+    states = run_sweep(load_sweep("configs/sweeps/fusion.toml"), load_profile("local"))
+
+Module map: spec.py (sweep files -> named runs with configs), profile.py (cluster profiles -> executors),
+job.py (the checkpointable callable each job runs), state.py (one atomic JSON per run, the sweep lock),
+scheduler.py (job states by id from squeue/sacct, result files), runner.py (submit, reattach, poll,
+resubmit), results.py (table, CSV, JSON), evaluate.py (the seam to the evaluator).
+"""
+
+from cmgan.sweep.evaluate import evaluate_run
+from cmgan.sweep.job import RunJob
+from cmgan.sweep.profile import ClusterProfile, default_profile_name, load_profile, make_executor, slurm_available
+from cmgan.sweep.results import collect_rows, render_table, write_results
+from cmgan.sweep.runner import PlanItem, SweepRunner, run_sweep, sweep_status
+from cmgan.sweep.spec import RunSpec, Sweep, build_sweep, load_sweep
+from cmgan.sweep.state import RunState, StateStore
+
+__all__ = [
+    "ClusterProfile", "PlanItem", "RunJob", "RunSpec", "RunState", "StateStore", "Sweep", "SweepRunner",
+    "build_sweep", "collect_rows", "default_profile_name", "evaluate_run", "load_profile", "load_sweep",
+    "make_executor", "render_table", "run_sweep", "slurm_available", "sweep_status", "write_results",
+]  # fmt: skip

@@ -1,0 +1,61 @@
+"""The one seam between a finished sweep run and the evaluator: `evaluate_run(run_dir, cfg)`.
+
+The sweep calls it right after training finished: on every rank when the trainer left torch.distributed
+initialised (the evaluator is collective then), else on global rank 0 alone; and stores what it
+returns in `<run_dir>/metrics.json` and in the sweep's results table. Evaluation never fails a run: an
+evaluator that is missing or raises yields {"available": False, "reason": ...}. The evaluator's full result
+(per subject, settings) is written to `<run_dir>/eval.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+from cmgan.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("ssim", "psnr", "mi", "fid", "delta_e2000")
+"""Metrics shown as columns of the sweep's table (means over slices; FID over all outputs)."""
+
+
+def headline_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The evaluator's result -> flat {"ssim": mean, "psnr": mean, "mi": mean, "fid": value, ...}."""
+    metrics = result.get("metrics", {})
+    flat: dict[str, Any] = {}
+    for name in HEADLINE:
+        value = metrics.get(name)
+        if isinstance(value, dict):
+            value = value.get("mean")
+        if value is not None:
+            flat[name] = value
+    if metrics.get("fid") is None and metrics.get("fid_unavailable"):
+        flat["fid_unavailable"] = metrics["fid_unavailable"]
+    flat["count"] = result.get("count")
+    return flat
+
+
+def evaluate_run(run_dir: str | Path, cfg: RunConfig) -> dict[str, Any]:
+    """Metrics of the finished run in `run_dir` (its generator export) on `cfg.eval.split` of the MR shards,
+    FID against the color shards -> {"ssim", "psnr", "mi", "fid" | "fid_unavailable", "count", ...}; or
+    {"available": False, "reason": "..."} when the evaluator or the export is missing or evaluation fails."""
+    run_dir = Path(run_dir)
+    try:
+        import torch
+
+        from cmgan.eval.evaluator import evaluate
+        from cmgan.export import load_export
+    except ImportError as e:
+        return {"available": False, "reason": f"the evaluator is not importable: {e}"}
+    try:
+        export = load_export(run_dir, "cuda" if torch.cuda.is_available() else "cpu")
+        result = evaluate(
+            export, cfg.data.mr_shards, cfg.data.color_shards, cfg.eval, out=run_dir / "eval.json"
+        )
+    except Exception as e:  # evaluation must not turn a trained run into a failed one
+        log.warning("evaluation of %s failed: %s", run_dir, e)
+        return {"available": False, "reason": f"evaluation failed: {e}", "traceback": traceback.format_exc()}
+    return headline_metrics(result)

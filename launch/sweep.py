@@ -1,0 +1,47 @@
+"""Submit a sweep of training runs to SLURM (or local subprocesses), follow it, and tabulate the results.
+
+    python launch/sweep.py                                   # no sweep file: the end-to-end demo (cmgan.demo)
+    python launch/sweep.py configs/sweeps/fusion.toml        # submit, follow, print the table
+    python launch/sweep.py configs/sweeps/fusion.toml --profile example-gpu --dry-run
+    python launch/sweep.py configs/sweeps/fusion.toml --status
+
+Re-running a sweep skips finished runs, reattaches to running ones and resubmits failed ones (up to
+max_attempts). Profiles: slurm/profiles/<name>.toml (default: `local` when SLURM answers, else `subprocess`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", nargs="?", help="sweep file (TOML); omit to run the demo end to end")
+    p.add_argument("--profile", help="cluster profile: a name in slurm/profiles/ or a path to a TOML file")
+    p.add_argument("--dry-run", action="store_true", help="show what would be submitted; submit nothing")
+    p.add_argument("--status", action="store_true", help="show the sweep's runs and results; submit nothing")
+    p.add_argument("--no-wait", action="store_true", help="submit (or reattach) and return without following")
+    p.add_argument("--sweep-dir", help="directory of the sweep's state and runs (default: from the sweep file)")
+    p.add_argument("--max-attempts", type=int, help="submissions per run before it stays failed")
+    p.add_argument("--poll", type=float, help="seconds between status polls (default: the profile's poll_s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every submission and state change")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+    if args.sweep is None:
+        from cmgan.demo import run_demo  # the lead's end-to-end demo: shards, S, a small sweep, eval, colorize
+
+        return run_demo(profile=args.profile, dry_run=args.dry_run) or 0
+
+    from cmgan.sweep.cli import sweep_command
+
+    return sweep_command(
+        args.sweep, profile=args.profile, dry_run=args.dry_run, status=args.status, wait=not args.no_wait,
+        sweep_dir=args.sweep_dir, max_attempts=args.max_attempts, poll_s=args.poll,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
