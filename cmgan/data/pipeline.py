@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -396,9 +397,17 @@ class _Stream:
             if self.cfg.num_workers > 0:
                 kw = {"persistent_workers": True, "prefetch_factor": self.cfg.prefetch_factor}
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                                pin_memory=torch.cuda.is_available(), **kw)
+                                pin_memory=torch.cuda.is_available(), worker_init_fn=_ignore_stop_signals, **kw)
             self._batches = _track(loader, self._progress)
         return self._batches
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers ignore the stop signals: SLURM sends SIGTERM (and the job's USR signal) to every process of
+    the job, and a worker dying of it would crash the trainer before it saves its stop checkpoint. The trainer
+    handles the signal; the workers end with it."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @dataclass

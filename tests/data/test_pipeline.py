@@ -146,3 +146,26 @@ def test_labelled_stream_gives_images_with_their_labels(demo_shards: Path) -> No
     batch = next(iter(LabelledStream(_cfg(demo_shards), 32, batch_size=4, seed=0)))
     assert batch["image"].shape == (4, 1, 32, 32) and batch["label"].shape == (4, 32, 32)
     assert int(batch["label"].max()) < 5 and int(batch["label"].max()) > 0
+
+
+def test_loader_workers_survive_the_stop_signals_the_trainer_handles(demo_shards: Path) -> None:
+    """SLURM signals every process of a job; a worker killed by SIGTERM would crash the trainer before it saves."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    stream = UnpairedStream(_cfg(demo_shards, num_workers=1), 16, seed=0)
+    batches = iter(stream)
+    next(batches)
+    workers = psutil.Process().children()
+    assert workers, "the stream should run a worker process"
+    for child in workers:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(child.pid, sig)
+    time.sleep(0.5)
+    assert all(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in workers)
+    for _ in range(3):
+        assert next(batches)["mr"].shape[0] == 2
+    stream.close()
