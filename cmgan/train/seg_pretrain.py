@@ -1,0 +1,307 @@
+"""Segmentation pretraining of S (Dice + cross-entropy) on labelled MR shards, and its frozen export.
+
+    summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt
+    S, normalization = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
+
+Runs on the same distributed seam as the CycleGAN (DDP; the segmenter is small, DeepSpeed is not used here),
+with the same checkpoints, stop signals and resume. Validation computes hard Dice per class on the val split
+(summed over ranks in float64: each rank reads a disjoint block of slices). The export holds the weights, the
+architecture (width, depth, classes), the MR normalization of the shards S was trained on (S must see the same
+normalization later) and the last validation Dice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cmgan import checkpoint
+from cmgan.config import ModelConfig, OptimConfig, RunConfig, replace, to_dict
+from cmgan.data import schema
+from cmgan.models import build_segmenter
+from cmgan.models.segmentation import SegUNet
+from cmgan.train import distributed, rundir
+from cmgan.train.monitor import Monitor, configure_logging
+from cmgan.train.state import (
+    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all, set_deterministic,
+)
+from cmgan.train.stop import StopFlag
+
+log = logging.getLogger(__name__)
+
+SEG_FORMAT = "cmgan-seg-v1"
+SEG_EXPORT = Path("export") / "seg.pt"
+
+
+class SegExportError(ValueError):
+    """A segmenter export is missing, of another format or does not fit the model config."""
+
+
+# ---------------------------------------------------------------------------------------------- loss, metrics
+
+
+def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, dice_weight: float) -> dict[str, torch.Tensor]:
+    """logits (B, C, H, W) any float dtype, label (B, H, W) int64 in [0, C) -> {"ce", "dice", "total"} float32.
+
+    Soft Dice per class over the whole batch, averaged over the classes present in the batch or predicted (a
+    class absent from both contributes nothing instead of a free 1.0); computed in float32.
+    """
+    logits = logits.float()
+    ce = F.cross_entropy(logits, label)
+    probs = logits.softmax(1)
+    onehot = F.one_hot(label, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = (2 * inter + 1e-6) / (denom + 1e-6)
+    dice_loss = 1.0 - dice[present].mean() if present.any() else dice.new_zeros(())
+    return {"ce": ce, "dice": dice_loss, "total": ce + dice_weight * dice_loss}
+
+
+def dice_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Hard-Dice sufficient statistics: (C, 2) float64 of [2 |P∩T|, |P| + |T|] per class; pred, label (B, H, W)."""
+    out = torch.zeros(num_classes, 2, dtype=torch.float64)
+    for c in range(num_classes):
+        p, t = pred == c, label == c
+        out[c, 0] = 2.0 * (p & t).sum().item()
+        out[c, 1] = float(p.sum().item() + t.sum().item())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def save_seg_export(path: str | Path, *, model: ModelConfig, state: dict, normalization: dict | None,
+                    val_dice: dict[str, float], meta: dict) -> Path:
+    """Write the frozen segmenter atomically (tensors and plain values: loads with weights_only=True)."""
+    path = Path(path)
+    payload = {
+        "format": SEG_FORMAT,
+        "architecture": {"seg_width": model.seg_width, "seg_depth": model.seg_depth, "seg_classes": model.seg_classes},
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+        "normalization": dict(normalization or {}),
+        "val_dice": dict(val_dice),
+        "meta": dict(meta),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_file(payload, path)
+    return path
+
+
+def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | str = "cpu") -> tuple[SegUNet, dict]:
+    """The exported S, frozen (eval mode, requires_grad False) on `device`, and the normalization it was trained
+    with. The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width
+    depends on it); a mismatch raises an error naming the values to set."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SEG_EXPORT
+    if not path.is_file():
+        raise SegExportError(
+            f"train.seg_checkpoint={str(path)!r}: no such file; pretrain S first "
+            "(`python launch/train.py --stage seg ...`) or set model.fusion=none"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SegExportError(f"{path}: cannot be read as a segmenter export ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != SEG_FORMAT:
+        raise SegExportError(f"{path}: not a cmgan segmenter export (format {payload.get('format')!r})")
+    arch = payload["architecture"]
+    wanted = {"seg_width": model.seg_width, "seg_depth": model.seg_depth, "seg_classes": model.seg_classes}
+    if arch != wanted:
+        fix = " ".join(f"model.{k}={v}" for k, v in arch.items())
+        raise SegExportError(f"{path}: S was trained with {arch} but the config asks for {wanted}; set {fix}")
+    S = build_segmenter(model)
+    S.load_state_dict(payload["state_dict"])
+    S.eval().requires_grad_(False)
+    return S.to(device), dict(payload.get("normalization") or {})
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(S: SegUNet, cfg: RunConfig, backend: distributed.Backend, max_batches: int = 0) -> dict[str, float]:
+    """Hard Dice per class on the val split (every rank a disjoint block; counts summed in float64)."""
+    from cmgan.data.pipeline import read_split
+
+    was_training = S.training
+    S.eval()
+    size = cfg.model.image_size
+    counts = torch.zeros(cfg.model.seg_classes, 2, dtype=torch.float64)
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        image = torch.stack([torch.from_numpy(s[schema.MR_KEY].astype(np.float32)) for s in batch])[:, None]
+        label = torch.stack([torch.from_numpy(s[schema.LABEL_KEY].astype(np.int64)) for s in batch])
+        if image.shape[-1] != size:  # shards of another size: resample like the training stream does
+            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+            label = F.interpolate(label[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+        with backend.autocast():
+            logits = S(backend.to_device(image))
+        counts.add_(dice_counts(logits.float().argmax(1).cpu(), label, cfg.model.seg_classes))
+        batch.clear()
+
+    n = 0
+    for sample in read_split(cfg.data.mr_shards, "val", backend.rank, backend.world_size,
+                             keys=(schema.MR_KEY, schema.LABEL_KEY)):
+        batch.append(sample)
+        if len(batch) == cfg.seg.batch_size:
+            flush()
+            n += 1
+            if max_batches and n >= max_batches:
+                break
+    if batch:
+        flush()
+    if backend.world_size > 1:
+        import torch.distributed as dist
+
+        t = counts.to(backend.device)
+        dist.all_reduce(t)
+        counts = t.cpu()
+    S.train(was_training)
+    names = schema.LABEL_NAMES if len(schema.LABEL_NAMES) == cfg.model.seg_classes else [
+        f"class_{i}" for i in range(cfg.model.seg_classes)]
+    return {name: (float(c[0] / c[1]) if c[1] > 0 else float("nan")) for name, c in zip(names, counts)}
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def pretrain_segmenter(cfg: RunConfig) -> dict[str, Any]:
+    """Train S on `cfg.data.mr_shards` (split train, labelled) for `cfg.seg.steps`; export to
+    `<cfg.seg.run_dir>/export/seg.pt`. Resumes from `<cfg.seg.run_dir>/checkpoints` when present.
+
+    Returns {"status": "completed" | "stopped", "steps", "run_dir", "export", "val_dice", "losses"}.
+    """
+    from cmgan.data.pipeline import LabelledStream
+
+    if cfg.train.backend != "ddp":
+        cfg = replace(cfg, ["train.backend=ddp"])  # S is small: plain data parallel
+    configure_logging()
+    set_deterministic(cfg.train.deterministic)
+    backend = distributed.setup(cfg.train, cfg.seg.batch_size)
+    configure_logging(backend.rank)
+    if backend.is_main:
+        log.info("%s", backend.describe())
+    stop = StopFlag()
+    try:
+        with stop:
+            summary = _pretrain(cfg, backend, LabelledStream, stop)
+    finally:
+        backend.close()
+    if summary["status"] == "stopped":
+        stop.chain_previous()
+    return summary
+
+
+def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, stop: StopFlag) -> dict[str, Any]:
+    seg, tc = cfg.seg, cfg.train
+    paths, resume_from = rundir.prepare(seg.run_dir, cfg, backend)
+    seed_all(tc.seed)
+    S = backend.place(build_segmenter(cfg.model))
+    optim = OptimConfig(lr=seg.lr, betas=(0.9, 0.999), schedule="constant", scale_lr=False)
+    net = backend.prepare("segmenter", {"S": S}, seg.lr, optim, seg.steps)
+    seed_all(rank_seed(tc.seed, backend.rank))
+
+    step, data_state, val_dice = 0, None, {}
+    if resume_from is not None:
+        replicated, per_rank = checkpoint.load(resume_from, backend.rank)
+        backend.load_state_dict(net, replicated["segmenter"], resume_from)
+        step, val_dice = int(replicated["step"]), dict(replicated.get("val_dice", {}))
+        if per_rank is not None:
+            restore_rng(per_rank["rng"])
+            data_state = per_rank["data"]
+        log.info("resumed segmentation pretraining from %s (step %d)", resume_from, step)
+
+    stream = stream_cls(cfg.data, cfg.model.image_size, backend.rank, backend.world_size, tc.seed,
+                        start_state=data_state, batch_size=seg.batch_size, split="train")
+    batches = isolated_start(iter(stream))
+    monitor = Monitor(paths.root, seg.steps, step, backend.is_main)
+    clock = rundir.SaveClock(tc.ckpt_every_minutes)
+    last: dict[str, float] = {}
+
+    def save(reason: str) -> Path:
+        digest = parameter_digest([S])
+        digests = backend.all_gather_object(digest)
+        path = checkpoint.save(
+            paths.checkpoints, step, rank=backend.rank, world_size=backend.world_size, barrier=backend.barrier,
+            per_rank={"rng": capture_rng(), "data": stream.state(), "digest": digest},
+            replicated={"step": step, "segmenter": backend.state_dict(net), "val_dice": val_dice,
+                        "config": to_dict(cfg)},
+            meta={"stage": "seg", "reason": reason, "losses": last, "val_dice": val_dice, "digests": digests},
+            keep_last=tc.keep_last,
+        )
+        clock.reset()
+        return path
+
+    status, t_log, n_log = "completed", time.perf_counter(), 0
+    while step < seg.steps:
+        nonfinite = False
+        for micro in range(tc.grad_accum):
+            batch = next(batches)
+            image, label = backend.to_device(batch["image"]), batch["label"].to(backend.device)
+            with backend.accumulate([net], micro == tc.grad_accum - 1):
+                with backend.autocast():
+                    logits = net.nets["S"](image)
+                terms = dice_ce_loss(logits, label, seg.dice_weight)
+                nonfinite |= not bool(torch.isfinite(terms["total"]))
+                backend.backward(net, terms["total"])
+        rundir.test_signal_hook(step + 1, backend)
+        nonfinite, stopping, time_due = rundir.agree(backend, stop, clock, nonfinite)
+        if nonfinite:
+            raise FloatingPointError(
+                f"segmentation pretraining: non-finite loss at step {step + 1} "
+                f"(ce={terms['ce'].item()}, dice={terms['dice'].item()}); lower seg.lr or use train.precision=fp32. "
+                f"The last good checkpoint is in {paths.checkpoints}"
+            )
+        backend.step(net, True)
+        step += 1
+        n_log += 1
+        if step % max(1, tc.log_every) == 0 or step == seg.steps:
+            mean = backend.all_reduce_mean(torch.stack([terms["ce"].detach(), terms["dice"].detach()]))
+            dt = time.perf_counter() - t_log
+            last = {"ce": float(mean[0]), "dice_loss": float(mean[1]), "lr": net.lr,
+                    "images_per_s": n_log * backend.global_batch / max(dt, 1e-9)}
+            monitor.log(step, last)
+            t_log, n_log = time.perf_counter(), 0
+        monitor.update(step, last)
+        if seg.val_every and (step % seg.val_every == 0 or step == seg.steps):
+            val_dice = validate(S, cfg, backend)
+            monitor.log(step, {f"val_dice/{k}": v for k, v in val_dice.items()})
+        if stopping or time_due or step == seg.steps or (tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0):
+            save("signal" if stopping else "schedule")
+        if stopping:
+            status = "stopped"
+            monitor.message("stopped by %s at step %d; checkpoint saved, run again to resume", stop.signal_name, step)
+            break
+    monitor.close()
+    export = None
+    if status == "completed":
+        if not val_dice:
+            val_dice = validate(S, cfg, backend)
+        if backend.is_main:
+            normalization = _mr_normalization(cfg.data.mr_shards)
+            export = str(save_seg_export(paths.root / SEG_EXPORT, model=cfg.model, state=S.state_dict(),
+                                         normalization=normalization, val_dice=val_dice,
+                                         meta={"steps": step, "run_dir": str(paths.root), "losses": last}))
+        backend.barrier()
+        export = backend.broadcast_object(export)
+    summary = {"status": status, "stage": "seg", "steps": step, "run_dir": str(paths.root), "export": export,
+               "val_dice": val_dice, "losses": last, "world_size": backend.world_size}
+    if backend.is_main:
+        checkpoint.write_json(summary, paths.root / "summary.json")
+    return summary
+
+
+def _mr_normalization(shard_dir: str) -> dict:
+    from cmgan.data.manifest import read_manifest
+
+    return dict(read_manifest(shard_dir).get("normalization") or {})
+

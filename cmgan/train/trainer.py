@@ -1,0 +1,336 @@
+"""The ColorMedGAN CycleGAN run: `train(cfg)` builds everything in dependency order, resumes, loops, exports.
+
+    summary = train(load_config("configs/demo.toml", ["train.run_dir='runs/x'"]))
+    summary["status"]  # "completed" or "stopped" (a stop signal arrived; the checkpoint is saved; run again)
+
+`train` is a plain, picklable function of the config: submitit and `launch/train.py` call it in every process
+of the job (torchrun, srun tasks or a single process; see distributed.py). Anything it needs comes from `cfg`.
+
+One optimizer step (per micro-batch, `train.grad_accum` of them):
+  1. data: MR x (B, 1, H, W) and color y (B, 3, H, W) from the unpaired stream (its position is checkpointed);
+  2. generator forward with Dx, Dy frozen (their unwrapped modules): F, S (no_grad, once), G, F -> named terms;
+  3. the fakes go through the history pools; discriminator forward on [real, pooled fake];
+  4. backward of both objectives (the engines'/DDP's own), then at the window's end one all-reduce (MAX) of
+     [non-finite seen, stop signal seen, checkpoint clock due]; every rank takes the same branch:
+     update both optimizers (or skip / stop on a non-finite loss), EMA, logs, samples, checkpoint, stop.
+Both optimizer updates happen after both backwards; this equals CycleGAN's "G step, then D step" order because
+the D loss uses detached fakes and the G loss was computed with D's pre-update weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmgan import checkpoint
+from cmgan.config import RunConfig, to_dict
+from cmgan.losses.perceptual import build_perceptual
+from cmgan.models import build_networks
+from cmgan.models.edges import edge_map
+from cmgan.train import distributed, rundir
+from cmgan.train.ema import EMA
+from cmgan.train.image_pool import ImagePool
+from cmgan.train.monitor import Monitor, configure_logging, sample_grid
+from cmgan.train.schedule import scaled_lr
+from cmgan.train.state import (
+    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all, set_deterministic,
+)
+from cmgan.train.step import StepNets, all_finite, discriminator_forward, generator_forward
+from cmgan.train.stop import StopFlag
+
+log = logging.getLogger(__name__)
+
+EXIT_RESUMABLE = rundir.EXIT_RESUMABLE
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN/inf; the message names the step and the terms; the last good checkpoint is intact."""
+
+
+@dataclass
+class Parts:
+    """Everything one run trains with, built once by `build` (no training state lives elsewhere)."""
+
+    gen: distributed.Trainable
+    disc: distributed.Trainable
+    nets: StepNets
+    S: torch.nn.Module | None
+    pool_x: ImagePool
+    pool_y: ImagePool
+    ema: EMA | None
+    seg_normalization: dict
+
+
+def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
+    """Networks (identical initialization on every rank), S, optimizers through the seam, pools, EMA."""
+    seed_all(cfg.train.seed)
+    G, F, Dx, Dy = (backend.place(n) for n in build_networks(cfg.model))
+    S, seg_norm = None, {}
+    if cfg.model.fusion != "none":
+        from cmgan.train.seg_pretrain import load_segmenter
+
+        if not cfg.train.seg_checkpoint:
+            raise ValueError(
+                f"model.fusion={cfg.model.fusion!r} needs the frozen segmenter: set train.seg_checkpoint to the "
+                "export of `python launch/train.py --stage seg` (<seg.run_dir>/export/seg.pt), or model.fusion=none"
+            )
+        S, seg_norm = load_segmenter(cfg.train.seg_checkpoint, cfg.model)
+        S = backend.place(S)  # never through DDP: it has no trainable parameters
+    lr = scaled_lr(cfg.optim, backend.global_batch)
+    gen = backend.prepare("generators", {"G": G, "F": F}, lr, cfg.optim, cfg.train.steps)
+    disc = backend.prepare("discriminators", {"Dx": Dx, "Dy": Dy}, lr, cfg.optim, cfg.train.steps)
+    perceptual = build_perceptual(cfg.loss).to(backend.device)
+    nets = StepNets(
+        G=gen.nets["G"], F=gen.nets["F"], Dx=disc.nets["Dx"], Dy=disc.nets["Dy"],
+        Dx_frozen=backend.frozen_callable(Dx), Dy_frozen=backend.frozen_callable(Dy), S=S, perceptual=perceptual,
+    )
+    rank = backend.rank
+    pools = (ImagePool(cfg.loss.pool_size, rank_seed(cfg.train.seed, rank, 1)),
+             ImagePool(cfg.loss.pool_size, rank_seed(cfg.train.seed, rank, 2)))
+    ema = EMA(G, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    # From here on each rank draws its own numbers (the networks above are identical on every rank).
+    seed_all(rank_seed(cfg.train.seed, rank))
+    return Parts(gen, disc, nets, S, pools[0], pools[1], ema, seg_norm)
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Run (or resume) the CycleGAN training of `cfg` in this process; every process of the job calls it.
+
+    Returns {"status": "completed" | "stopped", "steps", "start_step", "run_dir", "export", "checkpoint",
+    "losses", "world_size", "signal"}; the same dict is written to `<run_dir>/summary.json`.
+    Raises NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
+    """
+    configure_logging()
+    set_deterministic(cfg.train.deterministic)
+    backend = distributed.setup(cfg.train, cfg.data.batch_size)
+    configure_logging(backend.rank)
+    if backend.is_main:
+        log.info("%s", backend.describe())
+    stop = StopFlag()
+    try:
+        with stop:
+            summary = _train(cfg, backend, stop)
+    finally:
+        backend.close()
+    if summary["status"] == "stopped":
+        stop.chain_previous()  # e.g. submitit's USR2 handler: requeue (global rank 0) and exit
+    return summary
+
+
+def _load(path: Path, parts: Parts, backend: distributed.Backend) -> tuple[int, dict | None]:
+    """Restore everything from checkpoint `path`; returns (step, this rank's data stream state or None)."""
+    replicated, per_rank = checkpoint.load(path, backend.rank)
+    if int(replicated["world_size"]) != backend.world_size:
+        log.warning("checkpoint %s was written by %s ranks, this job runs %d: weights and optimizers continue "
+                    "exactly, per-rank data streams, pools and RNG only where the rank existed",
+                    path, replicated["world_size"], backend.world_size)
+    backend.load_state_dict(parts.gen, replicated["generators"], path)
+    backend.load_state_dict(parts.disc, replicated["discriminators"], path)
+    if parts.ema is not None and replicated.get("ema"):
+        parts.ema.load_state_dict(replicated["ema"])
+    if per_rank is None:
+        # The job grew: new ranks start fresh streams (seeded by rank), which is correct but not bit-identical.
+        log.warning("checkpoint %s has no state for rank %d (written by %d ranks); this rank starts a fresh data "
+                    "stream and pools", path, backend.rank, replicated.get("world_size", "?"))
+        return int(replicated["step"]), None
+    restore_rng(per_rank["rng"])
+    parts.pool_x.load_state_dict(per_rank["pools"]["x"], backend.device)
+    parts.pool_y.load_state_dict(per_rank["pools"]["y"], backend.device)
+    return int(replicated["step"]), per_rank["data"]
+
+
+def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict[str, Any]:
+    from cmgan.data.pipeline import UnpairedStream
+
+    tc = cfg.train
+    paths, resume_from = rundir.prepare(tc.run_dir, cfg, backend)
+    parts = build(cfg, backend)
+    step, data_state = 0, None
+    if resume_from is not None:
+        step, data_state = _load(resume_from, parts, backend)
+        if backend.is_main:
+            log.info("resuming %s from %s (step %d of %d)", paths.root, resume_from, step, tc.steps)
+    start_step = step
+
+    stream = UnpairedStream(cfg.data, cfg.model.image_size, backend.rank, backend.world_size, tc.seed,
+                            start_state=data_state)
+    normalization = dict(stream.normalization or {})
+    if parts.S is not None and parts.seg_normalization and parts.seg_normalization != normalization:
+        log.warning("S was trained on MR normalized as %s but these shards use %s; S's features may be off",
+                    parts.seg_normalization, normalization)
+    batches = isolated_start(iter(stream))
+    monitor = Monitor(paths.root, tc.steps, step, backend.is_main)
+    clock = rundir.SaveClock(tc.ckpt_every_minutes)
+    nets, gen, disc = parts.nets, parts.gen, parts.disc
+    raw = [gen.raw["G"], gen.raw["F"], disc.raw["Dx"], disc.raw["Dy"]]
+    last: dict[str, float] = {}
+    last_ckpt: Path | None = resume_from
+    skips = 0
+
+    def save(reason: str) -> Path:
+        digest = parameter_digest(raw)
+        digests = backend.all_gather_object(digest)
+        if len(set(digests)) > 1 and backend.is_main:
+            log.error("replicas diverged at step %d: parameter digests differ across ranks %s", step, digests)
+        replicated = {
+            "step": step,
+            "world_size": backend.world_size,
+            "generators": backend.state_dict(gen),
+            "discriminators": backend.state_dict(disc),
+            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "config": to_dict(cfg),
+        }
+        per_rank = {
+            "rank": backend.rank,
+            "rng": capture_rng(),
+            "pools": {"x": parts.pool_x.state_dict(), "y": parts.pool_y.state_dict()},
+            "data": stream.state(),
+            "digest": digest,
+        }
+        meta = {"stage": "cyclegan", "reason": reason, "backend": backend.name, "precision": tc.precision,
+                "losses": last, "digests": digests, "replicas_identical": len(set(digests)) == 1,
+                "run_dir": str(paths.root)}
+        path = checkpoint.save(
+            paths.checkpoints, step, rank=backend.rank, world_size=backend.world_size, barrier=backend.barrier,
+            per_rank=per_rank, replicated=replicated, collective_writers=backend.collective_writers([gen, disc]),
+            meta=meta, keep_last=tc.keep_last,
+        )
+        clock.reset()
+        return path
+
+    status, signal_name = "completed", ""
+    t_log, n_log, wait_log = time.perf_counter(), 0, 0.0
+    sums: dict[str, torch.Tensor] = {}
+    images = None
+    while step < tc.steps:
+        # Forward and backward of every micro-batch of this step (no update yet).
+        images, terms, nonfinite, waited = _accumulate_step(cfg, backend, parts, batches)
+        wait_log += waited
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+
+        # The ranks agree on one branch: update / skip / stop, checkpoint clock, stop signal.
+        rundir.test_signal_hook(step + 1, backend)
+        any_nonfinite, stopping, time_due = rundir.agree(backend, stop, clock, nonfinite)
+        if any_nonfinite:
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            where = f"step {step + 1}: non-finite loss on some rank (here: {bad or 'none'})"
+            if tc.nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"{where}. Stopped without updating; the last good checkpoint is "
+                    f"{checkpoint.latest(paths.checkpoints) or '(none yet)'}. Lower optim.lr, try "
+                    "train.precision=fp32, or set train.nonfinite=skip"
+                )
+            skips += 1
+            if skips > tc.max_nonfinite_skips:
+                raise NonFiniteLossError(f"{where}; {skips} consecutive steps skipped "
+                                         f"(train.max_nonfinite_skips={tc.max_nonfinite_skips})")
+            log.warning("%s; update skipped (%d in a row)", where, skips)
+            backend.skip(gen)
+            backend.skip(disc)
+        else:
+            skips = 0
+            backend.step(gen, True)
+            backend.step(disc, True)
+            if parts.ema is not None:
+                parts.ema.update(gen.raw["G"])
+        step += 1
+        n_log += 1
+
+        # Observe: metrics (mean over ranks; a collective on the same steps everywhere), bar, sample grid.
+        if step % max(1, tc.log_every) == 0 or step == tc.steps or stopping:
+            names = sorted(sums)
+            means = backend.all_reduce_mean(torch.stack([sums[k] / n_log for k in names]))
+            elapsed = time.perf_counter() - t_log
+            last = {k: float(v) for k, v in zip(names, means)}
+            last.update(lr=gen.lr, lr_d=disc.lr, images_per_s=n_log * backend.global_batch / max(elapsed, 1e-9),
+                        data_wait=wait_log / max(elapsed, 1e-9), skipped=float(skips))
+            monitor.log(step, last)
+            t_log, n_log, wait_log, sums = time.perf_counter(), 0, 0.0, {}
+        monitor.update(step, last)
+        if backend.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+            k = min(4, images.real_x.shape[0])
+            monitor.samples(step, sample_grid(images.real_x[:k], images.fake_y[:k], images.rec_x[:k],
+                                              edge_map(images.fake_y[:k].detach().float(), cfg.model.laplacian)))
+        # Persist: on schedule, when the clock is due, at the end, and before stopping (all ranks together).
+        if (stopping or time_due or step == tc.steps
+                or (tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0)):
+            last_ckpt = save("signal" if stopping else "end" if step == tc.steps else "schedule")
+        if stopping:
+            status, signal_name = "stopped", stop.signal_name
+            monitor.message("stopped by %s at step %d; checkpoint %s saved; run again to resume",
+                            signal_name, step, last_ckpt)
+            break
+    monitor.close()
+
+    export = None
+    if status == "completed":
+        export = _export(cfg, parts, paths, normalization, step, last, backend)
+    summary = {"status": status, "stage": "cyclegan", "steps": step, "start_step": start_step,
+               "run_dir": str(paths.root), "export": export, "checkpoint": str(last_ckpt) if last_ckpt else None,
+               "losses": last, "world_size": backend.world_size, "signal": signal_name}
+    if backend.is_main:
+        checkpoint.write_json(summary, paths.root / "summary.json")
+    return summary
+
+
+def _accumulate_step(cfg: RunConfig, backend: distributed.Backend, parts: Parts, batches: Any
+                     ) -> tuple[Any, dict[str, torch.Tensor], bool, float]:
+    """Forward + backward of the `train.grad_accum` micro-batches of one step; the update is the caller's.
+
+    Returns (the last micro-batch's CycleImages, loss terms averaged over the micro-batches, whether any term
+    was non-finite on this rank, seconds spent waiting for data).
+    """
+    gen, disc, nets, accum = parts.gen, parts.disc, parts.nets, cfg.train.grad_accum
+    terms: dict[str, torch.Tensor] = {}
+    nonfinite, waited, images = False, 0.0, None
+    for micro in range(accum):
+        boundary = micro == accum - 1
+        t0 = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - t0
+        x, y = backend.to_device(batch["mr"]), backend.to_device(batch["color"])
+        with backend.accumulate([gen, disc], boundary):
+            with backend.frozen(disc):
+                images, g_obj = generator_forward(nets, x, y, cfg.loss, cfg.model.laplacian, backend.autocast())
+            fake_x = parts.pool_x.query(images.fake_x.detach())
+            fake_y = parts.pool_y.query(images.fake_y.detach())
+            d_obj = discriminator_forward(nets, x, y, fake_x, fake_y, cfg.loss, backend.autocast())
+            # Every rank runs both backwards even on a non-finite loss: a rank skipping a DDP backward would
+            # hang the others. The update is what gets skipped, after the ranks agree.
+            nonfinite |= not all_finite(g_obj, d_obj)
+            backend.backward(gen, g_obj.total)
+            backend.backward(disc, d_obj.total)
+        if not boundary:
+            backend.step(gen, False)  # DeepSpeed counts micro-steps; DDP does nothing here
+            backend.step(disc, False)
+        named = {**g_obj.terms, **d_obj.terms, "loss_g": g_obj.total.detach(), "loss_d": d_obj.total.detach()}
+        for k, v in named.items():
+            terms[k] = terms.get(k, 0.0) + v.float() / accum
+    return images, terms, nonfinite, waited
+
+
+def _export(cfg: RunConfig, parts: Parts, paths: rundir.RunPaths, normalization: dict, step: int,
+            losses: dict, backend: distributed.Backend) -> str:
+    """Rank 0 writes the generator export (G, EMA of G, S, normalization); every rank gets its path."""
+    from cmgan.export import EXPORT_NAME, save_export
+
+    path = paths.export / EXPORT_NAME
+    if backend.is_main:
+        save_export(
+            path,
+            model_cfg=cfg.model,
+            generator_state=parts.gen.raw["G"].state_dict(),
+            ema_state=parts.ema.shadow if parts.ema is not None else None,
+            segmenter_state=parts.S.state_dict() if parts.S is not None else None,
+            normalization=normalization,
+            meta={"steps": step, "run_dir": str(paths.root), "losses": losses, "config": to_dict(cfg),
+                  "seg_checkpoint": cfg.train.seg_checkpoint},
+        )
+    backend.barrier()
+    return str(path)

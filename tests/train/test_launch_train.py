@@ -1,0 +1,16 @@
+import importlib.util
+
+from .conftest import TRAIN_SCRIPT
+
+
+def load_launcher():
+    spec = importlib.util.spec_from_file_location("launch_train", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launch_train_exits_2_and_names_the_key_on_a_bad_override(capsys):
+    assert load_launcher().main(["train.stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err
+

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from cmgan.config import OptimConfig
+from cmgan.train.schedule import build_scheduler, lr_factor, scaled_lr
+
+
+def test_step_schedule_multiplies_by_gamma_at_each_milestone():
+    f = lr_factor(OptimConfig(schedule="step", milestones=(0.5, 0.75), gamma=0.1), total_steps=100)
+    assert f(0) == 1.0 and f(49) == 1.0
+    assert f(50) == pytest.approx(0.1) and f(74) == pytest.approx(0.1)
+    assert f(75) == pytest.approx(0.01) and f(99) == pytest.approx(0.01)
+
+
+def test_linear_schedule_is_constant_then_decays_towards_zero():
+    f = lr_factor(OptimConfig(schedule="linear", linear_start=0.5), total_steps=100)
+    values = [f(s) for s in range(100)]
+    assert values[:51] == [1.0] * 51
+    assert all(a > b for a, b in zip(values[50:], values[51:]))
+    assert 0 < values[-1] < 0.05
+
+
+def test_lr_scales_with_the_global_batch_only_when_asked():
+    assert scaled_lr(OptimConfig(lr=1e-4, base_batch=1, scale_lr=True), 8) == pytest.approx(8e-4)
+    assert scaled_lr(OptimConfig(lr=1e-4, base_batch=4, scale_lr=True), 8) == pytest.approx(2e-4)
+    assert scaled_lr(OptimConfig(lr=1e-4, scale_lr=False), 8) == pytest.approx(1e-4)
+
+
+def test_scheduler_follows_the_rule_after_a_state_dict_round_trip():
+    def make():
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return opt, build_scheduler(opt, OptimConfig(schedule="step", milestones=(0.5,), gamma=0.5), 10)
+
+    opt, sched = make()
+    for _ in range(6):
+        opt.step()
+        sched.step()
+    opt2, sched2 = make()
+    sched2.load_state_dict(sched.state_dict())
+    opt2.param_groups[0]["lr"] = opt.param_groups[0]["lr"]
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.5)
+    opt2.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.5)
