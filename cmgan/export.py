@@ -155,11 +155,14 @@ def load_export(
     generator = build_generator(model_cfg)
     ema = payload.get("generator_ema")
     uses_ema = bool(use_ema and ema is not None)
-    generator.load_state_dict(ema if uses_ema else payload["generator"])
-    segmenter = None
-    if model_cfg.fusion != "none":
-        segmenter = build_segmenter(model_cfg)
-        segmenter.load_state_dict(payload["segmenter"])
+    segmenter = build_segmenter(model_cfg) if model_cfg.fusion != "none" else None
+    try:
+        generator.load_state_dict(ema if uses_ema else payload["generator"])
+        if segmenter is not None:
+            segmenter.load_state_dict(payload["segmenter"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ExportError(f"{file}: its weights do not fit the networks of its model config "
+                          f"(written by another cmgan version?): {str(e).splitlines()[0]}") from None
     for net in (generator, segmenter):
         if net is not None:
             net.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)

@@ -71,3 +71,13 @@ def test_colorize_rejects_color_input(tmp_path):
     _write(tmp_path / "g.pt")
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         load_export(tmp_path / "g.pt").colorize(torch.zeros(1, 3, 32, 32))
+
+
+def test_weights_that_do_not_fit_the_model_config_name_the_file(tmp_path):
+    G = build_generator(TINY)
+    state = {k: v for k, v in G.state_dict().items() if "up" not in k and "out" not in k}  # a truncated G
+    save_export(tmp_path / "g.pt", model_cfg=ModelConfig(image_size=32, width=8, seg_width=8, seg_depth=2,
+                                                         fusion="none"),
+                generator_state=state, normalization=NORM, meta={})
+    with pytest.raises(ExportError, match="g.pt.*do not fit"):
+        load_export(tmp_path / "g.pt")

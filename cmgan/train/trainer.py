@@ -318,6 +318,7 @@ def _accumulate_step(cfg: RunConfig, backend: distributed.Backend, parts: Parts,
 def _export(cfg: RunConfig, parts: Parts, paths: rundir.RunPaths, normalization: dict, step: int,
             losses: dict, backend: distributed.Backend) -> str:
     """Rank 0 writes the generator export (G, EMA of G, S, normalization); every rank gets its path."""
+    from cmgan.data.manifest import read_manifest
     from cmgan.export import EXPORT_NAME, save_export
 
     path = paths.export / EXPORT_NAME
@@ -329,8 +330,10 @@ def _export(cfg: RunConfig, parts: Parts, paths: rundir.RunPaths, normalization:
             ema_state=parts.ema.shadow if parts.ema is not None else None,
             segmenter_state=parts.S.state_dict() if parts.S is not None else None,
             normalization=normalization,
+            # The slicing axis of the training shards: the colorizer slices new volumes the same way.
             meta={"steps": step, "run_dir": str(paths.root), "losses": losses, "config": to_dict(cfg),
-                  "seg_checkpoint": cfg.train.seg_checkpoint},
+                  "seg_checkpoint": cfg.train.seg_checkpoint,
+                  "axis": read_manifest(cfg.data.mr_shards).get("axis", 2)},
         )
     backend.barrier()
     return str(path)
