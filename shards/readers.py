@@ -26,12 +26,13 @@ import numpy as np
 from scipy import ndimage
 
 from cmgan.data.normalize import put_slice
-from cmgan.data.volumes import NIFTI_SUFFIXES, Volume, VolumeError, identity_from_path, read_volume, to_canonical
+from cmgan.data.volumes import (
+    NIFTI_SUFFIXES, Volume, VolumeError, identity_from_path, is_dicom_file, read_volume, to_canonical,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 LABEL_SUFFIXES = ("_labels", "_label", "_dseg", "_aseg", "_seg", "_mask")
 TRUTH_SUFFIXES = ("_truth", "_rgb", "_color")
 
@@ -74,15 +75,6 @@ def _natural(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def is_dicom_file(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _dicom_identity(folder: Path, files: list[Path]) -> str:

@@ -24,9 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmgan.data.volumes import NIFTI_SUFFIXES
+from cmgan.data.volumes import NIFTI_SUFFIXES, is_dicom_file
 
-DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
 GLOB_CHARS = re.compile(r"[*?\[]")
 KINDS = ("nifti", "dicom", "zarr")
 
@@ -225,16 +224,6 @@ def _key(path: Path, base: Path) -> str:
     return key
 
 
-def is_dicom_file(path: Path) -> bool:
-    """A `.dcm`/`.ima`/`.dicom` file, or any file with the DICOM preamble `DICM` at byte 128."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _is_zarr(path: Path) -> bool:

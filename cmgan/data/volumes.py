@@ -28,6 +28,21 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 VOLUME_KINDS = ("nifti", "dicom", "zarr")
 
 
+DICOM_SUFFIXES = (".dcm", ".ima", ".dicom")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A `.dcm`/`.ima`/`.dicom` file, or any file with the DICOM preamble `DICM` at byte 128."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 class VolumeError(ValueError):
     """A volume cannot be read or is unusable; the message starts with the file and says the problem."""
 
