@@ -403,10 +403,11 @@ class _Stream:
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    """Loader workers ignore the stop signals: SLURM sends SIGTERM (and the job's USR signal) to every process of
-    the job, and a worker dying of it would crash the trainer before it saves its stop checkpoint. The trainer
-    handles the signal; the workers end with it."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    """Loader workers ignore SIGUSR1/SIGUSR2: SLURM sends the job's `--signal` (submitit's USR2, before the time
+    limit and at preemption) to every process of the job, and USR2's default action would kill the worker and
+    crash the trainer before it saves its stop checkpoint. SIGTERM keeps its default: multiprocessing ends
+    workers with it at exit (a worker that ignored it would hang the interpreter's exit)."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
 
 
