@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from cmgan.train.rundir import EXIT_RESUMABLE
 
     summary = run(cfg)
-    print(json.dumps(summary))
+    # One write per line: ranks share stdout, and print's separate newline write lets their lines interleave.
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
     return EXIT_RESUMABLE if summary["status"] == "stopped" else 0
 
 
