@@ -105,3 +105,28 @@ def agree(backend: Backend, stop: StopFlag, clock: SaveClock, nonfinite: bool = 
     rank 0's checkpoint clock is due). Every rank gets the same answer, so they act together."""
     flags = backend.all_reduce_max([int(nonfinite), int(stop.requested), int(backend.is_main and clock.due())])
     return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+
+def run_in_job(train: Any, batch_size: int, body: Any) -> dict[str, Any]:
+    """The frame every training entry point runs in: logging, determinism, the distributed backend, the stop
+    flag; `body(backend, stop)` returns the summary dict. The backend is closed whatever happens; a run that
+    stopped on a signal hands the signal on afterwards (e.g. to submitit's USR2 handler: requeue and exit)."""
+    from cmgan.train import distributed
+    from cmgan.train.monitor import configure_logging
+    from cmgan.train.state import set_deterministic
+
+    configure_logging()
+    set_deterministic(train.deterministic)
+    backend = distributed.setup(train, batch_size)
+    configure_logging(backend.rank)
+    if backend.is_main:
+        log.info("%s", backend.describe())
+    stop = StopFlag()
+    try:
+        with stop:
+            summary = body(backend, stop)
+    finally:
+        backend.close()
+    if summary["status"] == "stopped":
+        stop.chain_previous()
+    return summary

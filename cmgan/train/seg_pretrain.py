@@ -27,9 +27,9 @@ from cmgan.data import schema
 from cmgan.models import build_segmenter
 from cmgan.models.segmentation import SegUNet
 from cmgan.train import distributed, rundir
-from cmgan.train.monitor import Monitor, configure_logging
+from cmgan.train.monitor import Monitor
 from cmgan.train.state import (
-    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all, set_deterministic,
+    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all,
 )
 from cmgan.train.stop import StopFlag
 
@@ -184,21 +184,8 @@ def pretrain_segmenter(cfg: RunConfig) -> dict[str, Any]:
 
     if cfg.train.backend != "ddp":
         cfg = replace(cfg, ["train.backend=ddp"])  # S is small: plain data parallel
-    configure_logging()
-    set_deterministic(cfg.train.deterministic)
-    backend = distributed.setup(cfg.train, cfg.seg.batch_size)
-    configure_logging(backend.rank)
-    if backend.is_main:
-        log.info("%s", backend.describe())
-    stop = StopFlag()
-    try:
-        with stop:
-            summary = _pretrain(cfg, backend, LabelledStream, stop)
-    finally:
-        backend.close()
-    if summary["status"] == "stopped":
-        stop.chain_previous()
-    return summary
+    return rundir.run_in_job(cfg.train, cfg.seg.batch_size,
+                             lambda backend, stop: _pretrain(cfg, backend, LabelledStream, stop))
 
 
 def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, stop: StopFlag) -> dict[str, Any]:

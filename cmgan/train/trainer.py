@@ -35,10 +35,10 @@ from cmgan.models.edges import edge_map
 from cmgan.train import distributed, rundir
 from cmgan.train.ema import EMA
 from cmgan.train.image_pool import ImagePool
-from cmgan.train.monitor import Monitor, configure_logging, sample_grid
+from cmgan.train.monitor import Monitor, sample_grid
 from cmgan.train.schedule import scaled_lr
 from cmgan.train.state import (
-    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all, set_deterministic,
+    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all,
 )
 from cmgan.train.step import StepNets, all_finite, discriminator_forward, generator_forward
 from cmgan.train.stop import StopFlag
@@ -105,21 +105,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     "losses", "world_size", "signal"}; the same dict is written to `<run_dir>/summary.json`.
     Raises NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
     """
-    configure_logging()
-    set_deterministic(cfg.train.deterministic)
-    backend = distributed.setup(cfg.train, cfg.data.batch_size)
-    configure_logging(backend.rank)
-    if backend.is_main:
-        log.info("%s", backend.describe())
-    stop = StopFlag()
-    try:
-        with stop:
-            summary = _train(cfg, backend, stop)
-    finally:
-        backend.close()
-    if summary["status"] == "stopped":
-        stop.chain_previous()  # e.g. submitit's USR2 handler: requeue (global rank 0) and exit
-    return summary
+    return rundir.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
 
 
 def _load(path: Path, parts: Parts, backend: distributed.Backend) -> tuple[int, dict | None]:
