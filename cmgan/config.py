@@ -43,6 +43,7 @@ def _positive(section: str, name: str, value: float, strict: bool = True) -> Non
 FUSION_MODES = ("sigmoid", "concat", "none")
 DISC_INPUTS = ("concat", "residual", "gate", "image")
 LAPLACIANS = ("4", "8")
+UPSAMPLES = ("transpose", "resize")
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,15 @@ class ModelConfig:
     """What D sees besides the image: concat (cat(img, E)), residual (img + img*E), gate (img*E), image."""
     laplacian: str = "4"
     """Laplacian kernel of the edge maps: 4-neighbour (paper eq. 9) or 8-neighbour (public code)."""
+    upsample: str = "transpose"
+    """Up-sampling of G and F: transpose (convT 4x4 stride 2, the paper's) or resize (nearest x2 + conv 3x3:
+    no checkerboard; docs/method.md)."""
 
     def __post_init__(self) -> None:
         _choice("model", "fusion", self.fusion, FUSION_MODES)
         _choice("model", "disc_input", self.disc_input, DISC_INPUTS)
         _choice("model", "laplacian", self.laplacian, LAPLACIANS)
+        _choice("model", "upsample", self.upsample, UPSAMPLES)
         for name in ("image_size", "width", "depth", "seg_width", "seg_depth", "seg_classes", "disc_width"):
             _positive("model", name, getattr(self, name))
         if self.depth < 2:
@@ -221,8 +226,9 @@ class TrainConfig:
     """Seed of every random stream (models, data, pools); ranks derive their own from it."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
-    precision: str = "bf16"
-    """fp32, bf16 (autocast; no scaler) or fp16 (autocast + a loss scaler per optimizer; CUDA only)."""
+    precision: str = "auto"
+    """auto (bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32; `cmgan.precision`),
+    fp32, bf16 (autocast; no scaler) or fp16 (autocast + a loss scaler per optimizer; CUDA only)."""
     channels_last: bool = True
     """Use channels_last memory format (the fast path for bf16 convolutions on AMX CPUs and tensor cores)."""
     compile: bool = False
@@ -256,7 +262,7 @@ class TrainConfig:
     """Fail at start-up unless the job runs exactly this many processes (0: accept any)."""
 
     def __post_init__(self) -> None:
-        _choice("train", "precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _positive("train", "expect_world_size", self.expect_world_size, strict=False)
         if self.backend == "deepspeed" and self.precision == "fp16":
             raise ConfigError("train.precision=fp16 is not supported with train.backend=deepspeed; use bf16")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from cmgan import precision
 from cmgan.config import ModelConfig, from_dict, to_dict
 
 EXPORT_FORMAT = "cmgan-export-v1"
@@ -185,16 +186,4 @@ def load_export(
 
 def _preferred_autocast(device: torch.device) -> torch.dtype | None:
     """bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        if cpu_has_fast_bf16():
-            return torch.bfloat16
-    return None
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AMX or AVX512-BF16): there bf16 convs are ~10x fp32."""
-    with contextlib.suppress(Exception):
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+    return precision.DTYPES[precision.resolve("auto", device.type, fp16_ok=False)]

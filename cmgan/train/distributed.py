@@ -33,6 +33,7 @@ per optimizer (CUDA + ddp only). Autocast covers network forwards only; the loss
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cmgan import precision
 from cmgan.config import OptimConfig, TrainConfig
 from cmgan.train.schedule import build_scheduler
 
@@ -212,6 +214,9 @@ class Backend:
         from accelerate import Accelerator
 
         cuda = torch.cuda.is_available()
+        # `auto` becomes the concrete precision of this hardware here, once; everything after reads train.precision.
+        train = dataclasses.replace(train, precision=precision.resolve(
+            train.precision, "cuda" if cuda else "cpu", fp16_ok=self.name != "deepspeed"))
         if train.precision == "fp16" and not cuda:
             raise DistributedError(
                 "train.precision=fp16 needs a CUDA device (autocast fp16 with a loss scaler); on the CPU use "

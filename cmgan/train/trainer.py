@@ -178,7 +178,7 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
             "data": stream.state(),
             "digest": digest,
         }
-        meta = {"stage": "cyclegan", "reason": reason, "backend": backend.name, "precision": tc.precision,
+        meta = {"stage": "cyclegan", "reason": reason, "backend": backend.name, "precision": backend.train.precision,
                 "losses": last, "digests": digests, "replicas_identical": len(set(digests)) == 1,
                 "run_dir": str(paths.root)}
         path = checkpoint.save(
