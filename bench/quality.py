@@ -1,0 +1,221 @@
+"""Colorization quality along training: train from scratch, evaluate at several points, one JSON line.
+
+    python bench/quality.py                                   # paper config, demo phantoms, 64x64, 1 seed
+    python bench/quality.py --seeds 3 --minutes 10            # mean and std over 3 seeds, 10 min budget each
+    python bench/quality.py --size 128                        # 128x128 phantoms
+    python bench/quality.py --mr-shards D --color-shards D --seg S.pt   # any shard directories
+    python bench/quality.py train.lr=2e-4 loss.identity=0     # any dotted override of the run config
+
+Each seed trains the named config (default configs/quality.toml: the paper's method with the measured recipe)
+for `--steps` (or until `--minutes` of training), saves a checkpoint at `--points` evenly spaced steps, then
+scores every checkpoint on the MR test split (`cmgan.eval.quality`: SSIM/PSNR of the luminance over the whole
+slice and over the foreground, MI, CIEDE2000 to the true colors overall and per tissue, tissue a*b* separation
+beside the truth's, slice-to-slice chroma flicker beside the truth's) and FID against the color shards.
+The JSON line holds per point the mean and std over seeds, the per-seed values, the wall time of training to
+that point, and the issue's targets with whether the last point meets them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cmgan import checkpoint  # noqa: E402
+from cmgan.config import load_config  # noqa: E402
+from cmgan.data.manifest import read_manifest  # noqa: E402
+from cmgan.data import schema  # noqa: E402
+from cmgan.eval import fid  # noqa: E402
+from cmgan.eval.quality import QualityAccumulator  # noqa: E402
+from cmgan.eval.reference import load_fid_model, real_statistics  # noqa: E402
+from cmgan.eval.slices import MR_MEMBERS, mr_batches, read_samples  # noqa: E402
+from cmgan.models import build_generator  # noqa: E402
+
+#: The issue's targets on the demo phantoms at 64x64 (mean of 3 seeds).
+TARGETS = {"ssim_fg": (">=", 0.93), "psnr_fg": (">=", 30.0), "delta_e2000": ("<=", 6.0),
+           "separation_ratio": (">=", 0.70), "flicker_ab": ("<=", 2.0)}
+CURVE = ("ssim", "psnr", "ssim_fg", "psnr_fg", "mi", "fid", "delta_e2000", "separation_ab", "separation_ratio",
+         "flicker_ab", "wall_s")
+
+
+def _label_names(cfg) -> tuple[str, ...]:
+    return tuple(read_manifest(cfg.data.mr_shards).get("label_names") or schema.LABEL_NAMES)
+
+
+def _generator(cfg, state: dict, use_ema: bool) -> torch.nn.Module:
+    G = build_generator(cfg.model)
+    ema = state.get("ema")
+    G.load_state_dict(ema["shadow"] if (use_ema and ema) else state["generators"]["nets"]["G"])
+    return G.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+
+
+def score(cfg, G, S, fid_model, real, label_names) -> dict[str, Any]:
+    """Colorize the MR test split with G (S's features when G fuses them) and measure it."""
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+                else contextlib.nullcontext())
+    acc = QualityAccumulator(label_names, fg_dilate=2)
+    feats = fid.FeatureStats(cfg.eval.fid_dims) if fid_model is not None else None
+    samples = read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size)
+    with torch.inference_mode():
+        for batch in mr_batches(samples, cfg.eval.batch_size):
+            x = batch.mr.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                seg = S.features(x) if S is not None else None
+                rgb = G(x, seg).float().clamp(-1, 1)
+            acc.update(batch, rgb)
+            if feats is not None:
+                feats.update(fid_model.features(fid.fid_input(rgb, cfg.eval.fid_quantize)))
+    result = acc.result()
+    if feats is not None and feats.count >= 2:
+        result["fid"] = fid.frechet_distance(*feats.mean_cov(), *real)
+    return result
+
+
+def oracles(cfg, label_names) -> dict[str, Any]:
+    """What two perfect colorists would score, where the data have true colors (demo phantoms): `truth` outputs
+    the true rendering itself; `truth_chroma_input_luma` keeps the true chroma but takes its luminance from the
+    MR input (RGB shifted by Y_in - Y_truth). They bound the targets: the true colors do not keep the MR's
+    luminance (different tissue contrast, MR noise and bias), so no output meets both the structure and the
+    color-truth targets at once."""
+    out = {}
+    for name in ("truth", "truth_chroma_input_luma"):
+        acc = QualityAccumulator(label_names, fg_dilate=2)
+        samples = read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size)
+        for batch in mr_batches(samples, cfg.eval.batch_size):
+            if batch.truth is None:
+                return {}
+            rgb = batch.truth.permute(0, 3, 1, 2).double() / 255.0
+            if name != "truth":
+                luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
+                rgb = (rgb + (batch.mr.double() + 1) / 2 - luma).clamp(0, 1)
+            acc.update(batch, (rgb * 2 - 1).float())
+        r = acc.result()
+        out[name] = {k: round(v, 4) for k, v in r.items() if isinstance(v, float) and k in CURVE}
+    return out
+
+
+def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: int, out: Path,
+             use_ema: bool, rescore: bool = False) -> list[dict[str, Any]]:
+    from cmgan.train.seg_pretrain import load_segmenter
+    from cmgan.train.trainer import train
+
+    every = max(1, steps // points)
+    run_dir = out / f"seed{seed}"
+    if not rescore:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = load_config(config, overrides + [
+        f'train.run_dir="{run_dir}"', f"train.seed={seed}", f"train.steps={steps}",
+        f"train.ckpt_every_steps={every}", "train.ckpt_every_minutes=0", f"train.keep_last={points + 2}",
+        f"train.sample_every={steps}"])
+    t0 = time.time()
+    if rescore:  # score the checkpoints of an earlier run of the same command
+        t0 = (run_dir / "config.toml").stat().st_mtime
+    else:
+        summary = train(cfg)
+        if summary["status"] != "completed":
+            raise RuntimeError(f"seed {seed}: training ended {summary['status']}")
+    S = load_segmenter(cfg.train.seg_checkpoint, cfg.model)[0] if cfg.model.fusion != "none" else None
+    S = S.to(memory_format=torch.channels_last) if S is not None else None
+    fid_model, reason = load_fid_model(cfg.eval, "cpu")
+    real = real_statistics(cfg.data.color_shards, fid_model, cfg.eval)[:2] if fid_model is not None else None
+    label_names = _label_names(cfg)
+    rows = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
+        state, _ = checkpoint.load(ckpt, 0)
+        row = {"step": int(state["step"]), "wall_s": round((ckpt / checkpoint.COMPLETE).stat().st_mtime - t0, 1)}
+        row.update(score(cfg, _generator(cfg, state, use_ema), S, fid_model, real, label_names))
+        rows.append(row)
+        print(json.dumps({"seed": seed, **{k: row.get(k) for k in CURVE if k in row}, "step": row["step"]}),
+              file=sys.stderr, flush=True)
+    return rows
+
+
+def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per point: mean, std (ddof 0) and the values over seeds of every numeric metric."""
+    curve = []
+    for rows in zip(*per_seed):
+        point: dict[str, Any] = {"step": rows[0]["step"]}
+        for name in rows[0]:
+            vals = [r.get(name) for r in rows]
+            if name == "step" or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+                continue
+            a = np.asarray(vals, dtype=np.float64)
+            point[name] = {"mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4),
+                           "values": [round(float(v), 4) for v in a]}
+        for name in ("tissue_de2000",):
+            if all(name in r for r in rows):
+                point[name] = {t: round(float(np.mean([r[name][t] for r in rows])), 3) for t in rows[0][name]}
+        for name in ("separation_ab_truth", "flicker_ab_truth"):
+            if rows[0].get(name) is not None:
+                point[name] = round(float(rows[0][name]), 4)
+        curve.append(point)
+    return curve
+
+
+def targets_met(last: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, (op, bound) in TARGETS.items():
+        m = last.get(name, {}).get("mean") if isinstance(last.get(name), dict) else None
+        out[name] = {"target": f"{op} {bound}", "mean": m,
+                     "met": None if m is None else (m >= bound if op == ">=" else m <= bound)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(REPO / "configs" / "quality.toml"))
+    p.add_argument("--size", type=int, default=64, help="image side (64 or 128 on the demo phantoms)")
+    p.add_argument("--mr-shards", help="MR shard directory (default: the demo's, at --size)")
+    p.add_argument("--color-shards", help="color shard directory (default: the demo's, at --size)")
+    p.add_argument("--seg", help="segmenter export (default: the config's train.seg_checkpoint)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (default: the config's train.steps)")
+    p.add_argument("--points", type=int, default=4, help="evaluation points along training")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--out", default="bench-out/quality", help="scratch directory of the runs")
+    p.add_argument("--no-ema", action="store_true", help="score G's own weights even when an EMA is kept")
+    p.add_argument("--rescore", action="store_true", help="score the checkpoints already in --out; train nothing")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("CMGAN_THREADS", torch.get_num_threads())))
+
+    overrides = [f"model.image_size={args.size}"]
+    if args.mr_shards:
+        overrides.append(f'data.mr_shards="{Path(args.mr_shards).absolute()}"')
+    if args.color_shards:
+        overrides.append(f'data.color_shards="{Path(args.color_shards).absolute()}"')
+    if args.seg:
+        overrides.append(f'train.seg_checkpoint="{Path(args.seg).absolute()}"')
+    overrides += args.overrides
+    cfg = load_config(args.config, overrides)
+    steps = args.steps or cfg.train.steps
+    out = Path(args.out).absolute()
+    t0 = time.time()
+    per_seed = [run_seed(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore)
+                for s in range(args.seeds)]
+    curve = aggregate(per_seed)
+    line = {
+        "bench": "quality", "config": str(args.config), "overrides": overrides, "seeds": args.seeds,
+        "steps": steps, "image_size": cfg.model.image_size, "width": cfg.model.width,
+        "batch": cfg.data.batch_size, "threads": torch.get_num_threads(), "ema": cfg.train.ema_decay > 0 and not args.no_ema,
+        "curve": curve, "targets": targets_met(curve[-1]), "oracles": oracles(cfg, _label_names(cfg)), "total_s": round(time.time() - t0, 1),
+        "per_seed": per_seed,
+    }
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
