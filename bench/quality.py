@@ -107,8 +107,29 @@ def oracles(cfg, label_names) -> dict[str, Any]:
     return out
 
 
+def figure(cfg, G, S, path: Path, count: int = 6) -> None:
+    """A PNG a user can judge: rows of test slices (evenly spread through the test split), columns MR input |
+    colorization | its luminance | true colors (where the data have them), upscaled 3x."""
+    from PIL import Image
+
+    samples = list(read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size))
+    picks = [samples[round(i)] for i in np.linspace(len(samples) * 0.15, len(samples) * 0.85, count)]
+    batch = next(mr_batches(picks, count))
+    with torch.inference_mode():
+        x = batch.mr.contiguous(memory_format=torch.channels_last)
+        rgb = G(x, S.features(x) if S is not None else None).float().clamp(-1, 1)
+    u8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    luma = (0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]).expand(-1, 3, -1, -1)
+    cols = [u8(batch.mr.expand(-1, 3, -1, -1)), u8(rgb), u8(luma)]
+    if batch.truth is not None:
+        cols.append(batch.truth.numpy())
+    grid = np.concatenate([np.concatenate(list(row), 1) for row in zip(*cols)], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+
+
 def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: int, out: Path,
-             use_ema: bool, rescore: bool = False) -> list[dict[str, Any]]:
+             use_ema: bool, rescore: bool = False, figure_path: Path | None = None) -> list[dict[str, Any]]:
     from cmgan.train.seg_pretrain import load_segmenter
     from cmgan.train.trainer import train
 
@@ -138,6 +159,8 @@ def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: i
         row = {"step": int(state["step"]), "wall_s": round((ckpt / checkpoint.COMPLETE).stat().st_mtime - t0, 1)}
         row.update(score(cfg, _generator(cfg, state, use_ema), S, fid_model, real, label_names))
         rows.append(row)
+        if figure_path is not None and ckpt.name.endswith(f"{steps:08d}"):
+            figure(cfg, _generator(cfg, state, use_ema), S, figure_path)
         print(json.dumps({"seed": seed, **{k: row.get(k) for k in CURVE if k in row}, "step": row["step"]}),
               file=sys.stderr, flush=True)
     return rows
@@ -186,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--out", default="bench-out/quality", help="scratch directory of the runs")
     p.add_argument("--no-ema", action="store_true", help="score G's own weights even when an EMA is kept")
+    p.add_argument("--figure", help="PNG of test slices colorized by seed 0's last checkpoint (input | output | "
+                   "its luminance | truth)")
     p.add_argument("--rescore", action="store_true", help="score the checkpoints already in --out; train nothing")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
@@ -203,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or cfg.train.steps
     out = Path(args.out).absolute()
     t0 = time.time()
-    per_seed = [run_seed(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore)
+    per_seed = [run_seed(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore,
+                         Path(args.figure) if args.figure and s == 0 else None)
                 for s in range(args.seeds)]
     curve = aggregate(per_seed)
     line = {
