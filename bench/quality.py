@@ -85,25 +85,46 @@ def score(cfg, G, S, fid_model, real, label_names) -> dict[str, Any]:
 
 
 def oracles(cfg, label_names) -> dict[str, Any]:
-    """What two perfect colorists would score, where the data have true colors (demo phantoms): `truth` outputs
-    the true rendering itself; `truth_chroma_input_luma` keeps the true chroma but takes its luminance from the
-    MR input (RGB shifted by Y_in - Y_truth). They bound the targets: the true colors do not keep the MR's
-    luminance (different tissue contrast, MR noise and bias), so no output meets both the structure and the
-    color-truth targets at once."""
+    """What perfect colorists would score, where the data have true colors and labels (the demo phantoms):
+
+    truth                        the true rendering itself
+    truth_chroma_input_luma      the true chroma with the luminance of the MR input (RGB shifted by Y_in - Y_true)
+    palette                      every tissue label painted its mean true color (a flawless label-wise colorist:
+                                 no grain, no texture)
+    palette_input_luma           the palette with the input's luminance
+    They bound the targets: the true colors do not keep the MR's luminance (other tissue contrast, MR noise and
+    bias), so a colorist that keeps the input's structure is CIEDE2000 ~9-10 from the truth, and even a flawless
+    label-wise colorist flickers ~3 where tissue boundaries move between slices.
+    """
+    batches = list(mr_batches(read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS,
+                                           cfg.eval.batch_size), cfg.eval.batch_size))
+    if not batches or any(b.truth is None or b.label is None or b.mask is None for b in batches):
+        return {}
+    k = len(label_names)
+    sums, counts = torch.zeros(k, 3, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+    for b in batches:
+        inside = b.mask.unsqueeze(-1) & (b.label.unsqueeze(-1) == torch.arange(k))  # (B, H, W, k)
+        sums += torch.einsum("bhwk,bhwc->kc", inside.double(), b.truth.double() / 255.0)
+        counts += inside.flatten(0, 2).sum(0)
+    palette = sums / counts.clamp_min(1).unsqueeze(1)
+
+    def with_input_luma(rgb: torch.Tensor, mr: torch.Tensor) -> torch.Tensor:
+        luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
+        return (rgb + (mr.double() + 1) / 2 - luma).clamp(0, 1)
+
     out = {}
-    for name in ("truth", "truth_chroma_input_luma"):
+    for name in ("truth", "truth_chroma_input_luma", "palette", "palette_input_luma"):
         acc = QualityAccumulator(label_names, fg_dilate=2)
-        samples = read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size)
-        for batch in mr_batches(samples, cfg.eval.batch_size):
-            if batch.truth is None:
-                return {}
-            rgb = batch.truth.permute(0, 3, 1, 2).double() / 255.0
-            if name != "truth":
-                luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
-                rgb = (rgb + (batch.mr.double() + 1) / 2 - luma).clamp(0, 1)
-            acc.update(batch, (rgb * 2 - 1).float())
+        for b in batches:
+            if name.startswith("truth"):
+                rgb = b.truth.permute(0, 3, 1, 2).double() / 255.0
+            else:
+                rgb = palette[b.label.clamp(0, k - 1)].permute(0, 3, 1, 2) * b.mask.unsqueeze(1)
+            if name.endswith("input_luma"):
+                rgb = with_input_luma(rgb, b.mr)
+            acc.update(b, (rgb * 2 - 1).float())
         r = acc.result()
-        out[name] = {k: round(v, 4) for k, v in r.items() if isinstance(v, float) and k in CURVE}
+        out[name] = {m: round(v, 4) for m, v in r.items() if isinstance(v, float) and m in CURVE}
     return out
 
 
