@@ -549,8 +549,8 @@ def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int
     disjoint and together cover every sample exactly once). Whole shards before the block are skipped without
     reading. keys: members to decode (default: all known members present), e.g. ("mr.npy", "truth.npy",
     "meta.json"). Yields {"__key__": str, member: np.ndarray | dict}; arrays as stored (schema dtypes). Corrupt
-    samples are logged with their key and skipped. An unreadable shard is logged and skipped, or with
-    strict=True raises DataError naming it (evaluation must not quietly measure a subset).
+    samples and unreadable shards are logged and skipped, or with strict=True raise DataError naming the shard
+    (and the sample) (evaluation must not quietly measure a subset).
     """
     import tarfile
 
@@ -576,6 +576,8 @@ def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int
                             if name in schema.MEMBERS:
                                 schema.check_member(key, name, value, manifest["size"])
                     except (DecodeError, schema.SchemaError) as e:
+                        if strict:  # an evaluation must not measure a subset without saying so
+                            raise DataError(f"{url}: {e}; check it with `python -m shards verify`") from None
                         log.warning("%s: skipped: %s", url, e)
                         continue
                     yield sample
