@@ -175,14 +175,17 @@ def interrupt(setup: Setup, run_dir: Path, world_size: int, exact: bool, sig: st
     extra = {"CMGAN_CKPT_PAUSE_S": str(setup.ckpt_pause_s)} if moment == "checkpoint_write" else {}
     start = latest_checkpoint_step(run_dir)
     seen = metrics_lines(run_dir)  # only steps logged by this process count
-    proc = subprocess.Popen(command(world_size, setup.overrides(run_dir, exact)), env=environment(**extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            cwd=REPO)
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "a") as log:  # a file, not a pipe: an unread pipe would block a chatty run
+        proc = subprocess.Popen(command(world_size, setup.overrides(run_dir, exact)), env=environment(**extra),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     deadline = time.monotonic() + TIMEOUT_S
     sent_at = None
     while proc.poll() is None and time.monotonic() < deadline:
-        ready = (_writing_checkpoint(run_dir) if moment == "checkpoint_write"
-                 else latest_logged_step(run_dir, seen) >= at_step)
+        # A logged step of this process first: its stop handlers are installed and a stale temporary checkpoint
+        # of a killed predecessor has been cleaned up.
+        logged = latest_logged_step(run_dir, seen)
+        ready = logged > 0 and (_writing_checkpoint(run_dir) if moment == "checkpoint_write" else logged >= at_step)
         ranks = rank_processes(proc, world_size)
         if ready and len(ranks) == world_size:
             sent_at = latest_logged_step(run_dir, seen)
@@ -194,11 +197,12 @@ def interrupt(setup: Setup, run_dir: Path, world_size: int, exact: bool, sig: st
             break
         time.sleep(0.02)
     try:
-        _, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         kill_tree(proc)
-        _, stderr = proc.communicate()
-        raise RuntimeError(f"run in {run_dir} did not end within {TIMEOUT_S:.0f} s") from None
+        proc.wait()
+        raise RuntimeError(f"run in {run_dir} did not end within {TIMEOUT_S:.0f} s (log: {log_path})") from None
+    stderr = log_path.read_text(errors="replace")
     return {"signal": sig, "moment": moment, "target_step": at_step, "started_from": start,
             "signalled_at_step": sent_at, "exit": proc.returncode, "checkpoint_after": latest_checkpoint_step(run_dir),
             "stderr_tail": stderr[-2000:] if proc.returncode not in (0, 75, -9) and world_size == 1 else ""}

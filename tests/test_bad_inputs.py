@@ -115,7 +115,7 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _save(root / "flat.nii.gz", np.ascontiguousarray(t1[:, :, 16]), affine)
     _save(root / "series.nii.gz", np.stack([t1, t1], -1), affine)
     _zero_voxel_size(root / "collapsed.nii", t1)
-    files = write_dicom_series(t1[:, :, 10:16] * 100, affine, root / "nopixels")
+    files = write_dicom_series(t1[:, :, 10:16] / t1.max() * 1000, affine, root / "nopixels")
     import pydicom
 
     ds = pydicom.dcmread(files[2])

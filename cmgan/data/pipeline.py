@@ -115,7 +115,7 @@ class _Skipper:
         self.where = where
         self.count = 0
 
-    def __call__(self, exn: BaseException) -> bool:
+    def __call__(self, exn: BaseException | str) -> bool:
         self.count += 1
         if self.count <= 20 or self.count % 1000 == 0:
             log.warning("%s: skipped a corrupt sample or shard (%d so far): %s", self.where, self.count, exn)
@@ -313,7 +313,7 @@ class _BatchStream(IterableDataset):
                 batch.append((decode_checked(sample, d.domain, d.manifest_size, d.label), index))
                 bad_run = 0
             except (DecodeError, schema.SchemaError) as e:
-                skipper(e)
+                skipper(f"{sample.get('__url__', '?')}: {e}")  # the shard's path: where to look
                 bad_run += 1
                 if bad_run > 10_000:
                     raise DataError(f"{d.name}: 10000 corrupt samples in a row in {urls}; last: {e}") from None
