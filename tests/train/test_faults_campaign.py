@@ -5,6 +5,7 @@ processes; both must end bit-identical to the uninterrupted run of their world s
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.slow
 def load_faults():
     spec = importlib.util.spec_from_file_location("bench_faults", REPO / "bench" / "faults.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
     spec.loader.exec_module(module)
     return module
 
