@@ -24,6 +24,7 @@ tensor; the test allows 1e-4 of it (plus 1e-9 absolute), while a real error is f
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cmgan.data.pipeline import UnpairedStream
@@ -33,11 +34,13 @@ from cmgan.train.trainer import _accumulate_step, build
 
 from .conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # four real training steps of the tiny model
+
 COMMON = ("loss.pool_size=0", "train.deterministic=true", "data.num_workers=1", "optim.schedule=constant")
 
 
 @torch.no_grad()
-def converge_spectral_norms(modules: list[torch.nn.Module], iterations: int = 2000) -> None:
+def converge_spectral_norms(modules: list[torch.nn.Module], iterations: int = 500) -> None:
     for module in modules:
         for m in module.modules():
             if hasattr(m, "parametrizations") and "weight" in m.parametrizations:
