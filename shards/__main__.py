@@ -107,6 +107,11 @@ def _summary(name: str, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[-1] == "--":
+        # `build IN --labels A B --`: the help tells users to end a --labels/--truth list with `--`; after the
+        # last option argparse has nothing left for it and would reject it as an unknown argument.
+        argv.pop()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
                         stream=sys.stderr)

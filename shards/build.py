@@ -198,18 +198,20 @@ def build(inputs: list[str | Path], opts: BuildOptions) -> BuildResult:
     members: set[str] = set()
     try:
         for job, done in _run(jobs, opts.workers):
+            # Failures are logged at INFO (shown with -v, as they happen): the command prints each once, in its
+            # summary at the end; logging them as errors too would report every bad input twice.
             if isinstance(done, readers.Failure):
-                log.error("%s", done.message)
+                log.info("failed: %s", done.message)
                 failures.append(done)
                 continue
             for f in done.failures:
-                log.error("%s", f.message)
+                log.info("failed: %s", f.message)
             failures.extend(done.failures)
             if not done.samples:
                 if done.failures:
                     continue
                 failures.append(readers.Failure(str(job.source.path), "no slice with foreground (all empty)"))
-                log.error("%s", failures[-1].message)
+                log.info("failed: %s", failures[-1].message)
                 continue
             for key, sample in done.samples:
                 writers[job.split].write(key, sample)

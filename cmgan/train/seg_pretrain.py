@@ -128,9 +128,13 @@ def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | 
 
 @torch.no_grad()
 def validate(S: SegUNet, cfg: RunConfig, backend: distributed.Backend, max_batches: int = 0) -> dict[str, float]:
-    """Hard Dice per class on the val split (every rank a disjoint block; counts summed in float64)."""
-    from cmgan.data.pipeline import read_split
+    """Hard Dice per class on the labelled slices of the val split (every rank a disjoint block; counts summed in
+    float64). Slices of unlabelled volumes are skipped; with no labelled val volume the result is {}."""
+    from cmgan.data.manifest import read_manifest
+    from cmgan.data.pipeline import labelled_volumes, read_split
 
+    if labelled_volumes(read_manifest(cfg.data.mr_shards), "val")[0] == 0:
+        return {}  # every rank reads the same manifest: all return here, none waits in the all-reduce
     was_training = S.training
     S.eval()
     size = cfg.model.image_size
@@ -151,6 +155,8 @@ def validate(S: SegUNet, cfg: RunConfig, backend: distributed.Backend, max_batch
     n = 0
     for sample in read_split(cfg.data.mr_shards, "val", backend.rank, backend.world_size,
                              keys=(schema.MR_KEY, schema.LABEL_KEY)):
+        if schema.LABEL_KEY not in sample:
+            continue  # a slice of an unlabelled volume
         batch.append(sample)
         if len(batch) == cfg.seg.batch_size:
             flush()
@@ -211,6 +217,10 @@ def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, sto
                         start_state=data_state, batch_size=seg.batch_size, split="train")
     batches = isolated_start(iter(stream))
     monitor = Monitor(paths.root, seg.steps, step, backend.is_main)
+    skipped = _unlabelled_volumes(cfg.data.mr_shards)
+    if any(skipped.values()):
+        monitor.message("S trains and validates on labelled volumes only; skipped unlabelled volumes: "
+                        "%d of train, %d of val", skipped["train"], skipped["val"])
     clock = rundir.SaveClock(tc.ckpt_every_minutes)
     last: dict[str, float] = {}
 
@@ -281,10 +291,20 @@ def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, sto
         backend.barrier()
         export = backend.broadcast_object(export)
     summary = {"status": status, "stage": "seg", "steps": step, "run_dir": str(paths.root), "export": export,
-               "val_dice": val_dice, "losses": last, "world_size": backend.world_size}
+               "val_dice": val_dice, "losses": last, "world_size": backend.world_size,
+               "unlabelled_volumes_skipped": skipped}
     if backend.is_main:
         checkpoint.write_json(summary, paths.root / "summary.json")
     return summary
+
+
+def _unlabelled_volumes(shard_dir: str) -> dict[str, int]:
+    """Unlabelled volumes S leaves out, per split it reads (train, val)."""
+    from cmgan.data.manifest import read_manifest
+    from cmgan.data.pipeline import labelled_volumes
+
+    manifest = read_manifest(shard_dir)
+    return {split: labelled_volumes(manifest, split)[1] for split in ("train", "val")}
 
 
 def _mr_normalization(shard_dir: str) -> dict:
