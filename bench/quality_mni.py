@@ -125,16 +125,22 @@ def color_domain(args: argparse.Namespace, out: Path) -> tuple[Path, Path | None
 
 
 def palette_separation(demo_mr: Path | None, label_names: tuple[str, ...]) -> float | None:
-    """The a*b* separation of the demo phantoms' true colors (the color domain's palette), from their test split."""
+    """The a*b* separation of the demo phantoms' true colors (the color domain's palette) from their test split,
+    over the tissues the MNI labels have (cortex, white_matter, csf), so it compares with the output's."""
     if demo_mr is None:
         return None
+    import dataclasses
+
     from cmgan.eval.quality import QualityAccumulator
     from cmgan.eval.slices import MR_MEMBERS, mr_batches, read_samples
 
     acc = QualityAccumulator(label_names)
     for batch in mr_batches(read_samples(demo_mr, "test", 0, 1, MR_MEMBERS, 16), 16):
-        if batch.truth is None:
+        if batch.truth is None or batch.label is None:
             return None
+        keep = torch.zeros(len(label_names), dtype=torch.long)
+        keep[list(TISSUES)] = torch.tensor(list(TISSUES))
+        batch = dataclasses.replace(batch, label=keep[batch.label.clamp(0, len(label_names) - 1)])
         acc.update(batch, batch.truth.permute(0, 3, 1, 2).float() / 127.5 - 1)
     return acc.result()["separation_ab"]
 
