@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="training steps (default: the config's train.steps)")
     p.add_argument("--points", type=int, default=4, help="evaluation points along training")
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained at once, in separate processes")
     p.add_argument("--out", default="bench-out/quality", help="scratch directory of the runs")
     p.add_argument("--no-ema", action="store_true", help="score G's own weights even when an EMA is kept")
     p.add_argument("--figure", help="PNG of test slices colorized by seed 0's last checkpoint (input | output | "
@@ -249,9 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or cfg.train.steps
     out = Path(args.out).absolute()
     t0 = time.time()
-    per_seed = [run_seed(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore,
-                         Path(args.figure) if args.figure and s == 0 else None)
-                for s in range(args.seeds)]
+    jobs = [(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore,
+             Path(args.figure) if args.figure and s == 0 else None) for s in range(args.seeds)]
+    if args.jobs > 1:  # seeds in parallel processes, the threads split between them
+        threads = max(1, torch.get_num_threads() // args.jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, ctx, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            per_seed = list(pool.map(run_seed, *zip(*jobs)))
+    else:
+        per_seed = [run_seed(*job) for job in jobs]
     curve = aggregate(per_seed)
     line = {
         "bench": "quality", "config": str(args.config), "overrides": overrides, "seeds": args.seeds,
