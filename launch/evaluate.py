@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cmgan.eval.evaluator import evaluate_checkpoint
     from cmgan.eval.report import result_table
-    from cmgan.train.distributed import detect_env
+    from cmgan.distenv import detect_env
     from cmgan.train.monitor import configure_logging
 
     configure_logging(detect_env().rank)

@@ -32,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         from cmgan.train.seg_pretrain import pretrain_segmenter as run
     else:
         from cmgan.train.trainer import train as run
+    from cmgan.distenv import DistributedError
     from cmgan.train.rundir import EXIT_RESUMABLE
 
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except DistributedError as e:  # the launch does not fit the machine (GPUs, tasks, world size): say what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     # One write per line: ranks share stdout, and print's separate newline write lets their lines interleave.
     sys.stdout.write(json.dumps(summary) + "\n")
     sys.stdout.flush()
