@@ -76,6 +76,9 @@ class ClusterProfile:
     """At most this many runs of one job array run at once (`--array=...%N`)."""
     setup: tuple[str, ...] = ()
     """Shell lines run in the batch script before the job starts (e.g. "source ~/venv/bin/activate")."""
+    srun_args: tuple[str, ...] = ()
+    """Extra flags of the `srun` that starts the job's tasks (e.g. "--kill-on-bad-exit=1": one failed rank ends
+    the step at once instead of leaving the others waiting in NCCL until its watchdog fires)."""
     python: str = ""
     """Python interpreter on the compute nodes; empty: the one running the sweep."""
     additional: dict[str, Any] = field(default_factory=dict)
@@ -139,6 +142,7 @@ def profile_to_dict(profile: ClusterProfile) -> dict[str, Any]:
     """Plain dict of a profile (tuples as lists), for TOML/JSON."""
     data = dataclasses.asdict(profile)
     data["setup"] = list(profile.setup)
+    data["srun_args"] = list(profile.srun_args)
     return data
 
 
@@ -254,6 +258,8 @@ def make_executor(profile: ClusterProfile, folder: str | Path, job_name: str = "
         setup.insert(0, f"export SUBMITIT_PREEMPT_SIGNAL={profile.signal}")
     if setup:
         params["slurm_setup"] = setup
+    if profile.srun_args:
+        params["slurm_srun_args"] = list(profile.srun_args)
     if profile.additional:
         params["slurm_additional_parameters"] = dict(profile.additional)
     ex.update_parameters(**params)

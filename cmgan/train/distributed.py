@@ -137,9 +137,14 @@ class Backend:
         self.world_size = state.num_processes
         self.local_rank = state.local_process_index
         self.device = self.accelerator.device
-        if cuda and self.device.index != distenv.device_index(env.local_rank, torch.cuda.device_count()):
-            raise DistributedError(f"Accelerate chose {self.device} for local rank {env.local_rank}, expected "
-                                   f"cuda:{distenv.device_index(env.local_rank, torch.cuda.device_count())}")
+        if cuda:
+            # One process without a launcher gets plain "cuda" (the current device); name the index.
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            expected = distenv.device_index(env.local_rank, torch.cuda.device_count())
+            if index != expected:
+                raise DistributedError(f"Accelerate chose cuda:{index} for local rank {env.local_rank}, expected "
+                                       f"cuda:{expected}")
+            self.device = torch.device("cuda", index)
         if self.world_size != env.world_size:
             raise DistributedError(
                 f"the launcher announced {env.world_size} processes ({env.launcher}) but Accelerate runs "
@@ -397,7 +402,7 @@ class DeepSpeedBackend(Backend):
         optimizer = torch.optim.Adam(group.parameters(), lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
         engine, ds_optimizer, _, scheduler = self.deepspeed.initialize(
             # The engine otherwise takes cuda:LOCAL_RANK, which does not exist with one GPU per task.
-            args=SimpleNamespace(device_rank=self.device.index or 0) if self.device.type == "cuda" else None,
+            args=SimpleNamespace(device_rank=self.device.index) if self.device.type == "cuda" else None,
             model=group,
             optimizer=optimizer,
             # A callable: the schedule is built on the optimizer DeepSpeed actually steps (ZeRO's wrapper).
@@ -448,6 +453,13 @@ class DeepSpeedBackend(Backend):
             del ckpt_engine.load  # back to the class's method
         if path is None:
             raise DistributedError(f"DeepSpeed could not load its checkpoint from {folder}")
+
+    def close(self) -> None:
+        # Through DeepSpeed, which also drops its cached groups (a clone of the world group): a next run in this
+        # process would otherwise hand the new engines a group of the destroyed one.
+        if self.deepspeed.comm.is_initialized():
+            self.deepspeed.comm.destroy_process_group()
+        super().close()
 
     def collective_writers(self, trainables: list[Trainable]) -> tuple:
         def writer(t: Trainable):
