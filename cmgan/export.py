@@ -138,8 +138,9 @@ def load_export(
 ) -> Export:
     """Load an export (file, export dir or run dir) onto `device`, in eval mode.
 
-    use_ema: take the EMA weights of G when the export has them. autocast: "auto" picks bf16 on CUDA with
-    bf16 support and on CPUs with AMX, else fp32; pass None to force fp32 (exact, slower).
+    use_ema: take the EMA weights of G when the export has them. autocast: "auto" picks bf16 on GPUs with
+    native bf16 (fp16 on older GPUs) and on CPUs with AMX or AVX512-BF16, else fp32; pass None to force fp32
+    (exact, slower).
     """
     from cmgan.models import build_generator, build_segmenter
 
@@ -185,5 +186,6 @@ def load_export(
 
 
 def _preferred_autocast(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
-    return precision.DTYPES[precision.resolve("auto", device.type, fp16_ok=False)]
+    """bf16 where the hardware runs it natively (GPUs of compute capability >= 8.0, CPUs with AMX or
+    AVX512-BF16); fp16 on older GPUs (inference needs no loss scaler); else fp32 (`cmgan.precision`)."""
+    return precision.DTYPES[precision.resolve("auto", device.type)]

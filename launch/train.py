@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         from cmgan.train.seg_pretrain import pretrain_segmenter as run
     else:
         from cmgan.train.trainer import train as run
+    from cmgan.distenv import DistributedError
     from cmgan.train.rundir import EXIT_RESUMABLE
 
     try:
         summary = run(cfg)
-    except _user_errors() as e:
+    except (DistributedError, *_user_errors()) as e:  # bad inputs, or a launch that does not fit the machine
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     # One write per line: ranks share stdout, and print's separate newline write lets their lines interleave.

@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("cmgan.colorize")
 
     from cmgan.colorize.runner import ColorizeOptions, exit_code, run_colorize
+    from cmgan.distenv import DistributedError
     from cmgan.export import ExportError
 
     try:
@@ -87,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
         return 2
+    except DistributedError as e:  # GPUs given to the job but unusable: the reason and what to do
+        log.error("%s", e)
+        return 1
     c = summary["counts"]
     log.info("%d done, %d skipped, %d failed of %d; %s slices/s; summary in %s", c["done"], c["skipped"],
              c["failed"], c["inputs"], summary.get("slices_per_s"), args.out)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmgan.data.volumes import NIFTI_SUFFIXES, is_dicom_file
+from cmgan.distenv import detect_env
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 KINDS = ("nifti", "dicom", "zarr")
@@ -82,7 +83,8 @@ def shard_from_env(env: dict[str, str] | None = None) -> Shard:
     """The shard of this process from the environment (Shard(0, 1) when nothing is set).
 
     SLURM array tasks (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) are split further by
-    the ranks inside each task (RANK/WORLD_SIZE from torchrun, else SLURM_PROCID/SLURM_NTASKS from srun):
+    the ranks inside each task (`cmgan.distenv.detect_env`: torchrun's RANK/WORLD_SIZE, else an srun step's
+    SLURM_PROCID/SLURM_STEP_NUM_TASKS; a batch script's own shell is one process):
     task t, rank r of w -> shard t*w + r of count*w.
     """
     env = dict(os.environ if env is None else env)
@@ -90,13 +92,8 @@ def shard_from_env(env: dict[str, str] | None = None) -> Shard:
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-    else:
-        rank, world = 0, 1
-    return Shard(task * world + rank, tasks * world)
+    where = detect_env(env)
+    return Shard(task * where.world_size + where.rank, tasks * where.world_size)
 
 
 def partition(inputs: list[Input], shard: Shard) -> list[Input]:

@@ -15,7 +15,6 @@ and settings) or "failed" (with the reason; the others go on). The summary JSON 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,6 +52,7 @@ from cmgan.colorize.writers import (
 )
 from cmgan.data.normalize import Normalization, NormalizationError
 from cmgan.data.volumes import VolumeError
+from cmgan.distenv import cuda_unavailable_reason, rank_device, require_cuda_if_assigned
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,15 @@ class NullReporter:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda:<local rank> when CUDA is available (one GPU per rank; LOCAL_RANK from torchrun, else
-    SLURM_LOCALID from srun/submitit), else cpu."""
+    """"auto" -> this rank's GPU when CUDA is available (`cmgan.distenv.rank_device`: one GPU per local rank, or
+    the task's only GPU), else cpu; a job given GPUs that torch cannot use stops with the reason."""
     if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-            return torch.device("cuda", local % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(name)
+        return rank_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        require_cuda_if_assigned()
+        raise ValueError(f"--device {name}: CUDA is unavailable ({cuda_unavailable_reason()})")
+    return device
 
 
 def summary_path(out: Path, shard: Shard) -> Path:

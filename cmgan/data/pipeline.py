@@ -250,6 +250,9 @@ class _Domain:
     urls: tuple[str, ...]
     manifest_size: int
     label: bool
+    classes: int = 0
+    """Labels must lie in [0, classes) (0: unchecked); checked here on the CPU, where a bad value names its sample
+    (on a GPU it would be an opaque device-side assert inside the loss)."""
 
 
 class _BatchStream(IterableDataset):
@@ -310,7 +313,10 @@ class _BatchStream(IterableDataset):
             if d.label and schema.LABEL_KEY not in sample:
                 continue  # a slice of an unlabelled volume in a partly labelled split: not an error, not used
             try:
-                batch.append((decode_checked(sample, d.domain, d.manifest_size, d.label), index))
+                decoded = decode_checked(sample, d.domain, d.manifest_size, d.label)
+                if d.classes:
+                    check_labels(decoded, d.classes, sample.get("__url__", "?"))
+                batch.append((decoded, index))
                 bad_run = 0
             except (DecodeError, schema.SchemaError) as e:
                 skipper(f"{sample.get('__url__', '?')}: {e}")  # the shard's path: where to look
@@ -334,6 +340,15 @@ class _BatchStream(IterableDataset):
         if label is not None:
             out[f"{d.name}_label"] = label
         return out
+
+
+def check_labels(sample: dict[str, Any], classes: int, url: str = "?") -> None:
+    """SchemaError unless every label value of the decoded `sample` is in [0, classes)."""
+    label = sample[schema.LABEL_KEY]
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi >= classes:
+        raise schema.SchemaError(f"sample {sample['__key__']!r} ({url}): label values {lo}..{hi} outside "
+                                 f"[0, {classes}) (model.seg_classes={classes})")
 
 
 def _all_labelled(manifest: dict[str, Any], split: str) -> bool:
@@ -493,7 +508,7 @@ class LabelledStream(_Stream):
 
     def __init__(self, data_cfg: DataConfig, image_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  start_state: dict[str, Any] | None = None, batch_size: int | None = None,
-                 split: str | None = None) -> None:
+                 split: str | None = None, num_classes: int = 0) -> None:
         split = split or data_cfg.split
         urls, manifest = split_shards(data_cfg.mr_shards, split, "mr")
         labelled, self.skipped_volumes = labelled_volumes(manifest, split)
@@ -502,7 +517,11 @@ class LabelledStream(_Stream):
             raise DataError(f"{data_cfg.mr_shards}: no labelled volume in split {split!r} "
                             f"({self.skipped_volumes} unlabelled); segmentation pretraining needs shards built "
                             "with --labels")
-        domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True)]
+        values = manifest.get("label_values") or []
+        if num_classes and values and max(values) >= num_classes:
+            raise DataError(f"{data_cfg.mr_shards}: label values {values} need more than model.seg_classes="
+                            f"{num_classes} classes; set model.seg_classes={max(values) + 1}")
+        domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True, num_classes)]
         super().__init__(domains, data_cfg, image_size, rank, world_size, seed, start_state,
                          batch_size or data_cfg.batch_size, data_cfg.resume)
 

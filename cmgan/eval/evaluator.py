@@ -32,7 +32,8 @@ import torch
 from cmgan.config import EvalConfig, to_dict
 from cmgan.data import schema
 from cmgan.data.manifest import read_manifest
-from cmgan.eval import color, fid, ranks, structure
+from cmgan import distenv
+from cmgan.eval import color, fid, structure
 from cmgan.eval.reference import FIDModel, NoRealImages, load_fid_model, real_statistics
 from cmgan.eval.slices import MR_MEMBERS, SliceBatch, mr_batches, read_samples
 
@@ -143,9 +144,9 @@ def evaluate_batches(
                 fake.update(fid_model.features(fid.fid_input(rgb, cfg.fid_quantize)))
     except Exception as e:  # noqa: BLE001 - exchanged and re-raised on every rank
         error = e
-    ranks.raise_if_any_failed(error)
+    distenv.raise_if_any_failed(error)
 
-    merged = sorted((r for part in ranks.gather(records) for r in part), key=lambda r: r["key"])
+    merged = sorted((r for part in distenv.gather(records) for r in part), key=lambda r: r["key"])
     keys = [r["key"] for r in merged]
     if len(set(keys)) != len(keys):
         dup = sorted(k for k, c in Counter(keys).items() if c > 1)[:5]
@@ -161,7 +162,7 @@ def evaluate_batches(
             fid_reason = f"only {fake.count} colorized image(s); FID needs >= 2"
         else:
             mu, sigma = fake.mean_cov()
-            fid_value = ranks.broadcast(fid.frechet_distance(mu, sigma, *real) if ranks.world()[0] == 0 else None)
+            fid_value = distenv.broadcast(fid.frechet_distance(mu, sigma, *real) if distenv.world()[0] == 0 else None)
     metrics["fid"] = fid_value
     metrics["fid_unavailable"] = None if fid_value is not None else fid_reason
     metrics["fid_count"] = fake.count if fake is not None else 0
@@ -245,7 +246,7 @@ def evaluate(
     {"format", "model_id", "checkpoint", "data", "split", "count", "subjects", "metrics", "per_subject", "settings"}.
     """
     cfg = eval_cfg or EvalConfig()
-    grank, gworld = ranks.world()
+    grank, gworld = distenv.world()
     rank = grank if rank is None else rank
     world_size = gworld if world_size is None else world_size
     if world_size != gworld:
@@ -314,9 +315,9 @@ def evaluate_checkpoint(
     <run>/export/generator.pt), evaluate, write `out` (default: <run>/eval.json, or beside the export file)."""
     from cmgan.export import load_export, resolve_export_path
 
-    rank, world, local = ranks.init_distributed_from_env()
+    env, device = distenv.init_process_group()  # this rank's GPU (one per rank or per task), else the CPU
+    rank, world = env.rank, env.world_size
     cfg = resolve_config(checkpoint, config, overrides or [])
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     export = load_export(checkpoint, device)
     if out is None:
         file = resolve_export_path(checkpoint)

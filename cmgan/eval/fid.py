@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from cmgan.eval.ranks import all_reduce_sum
+from cmgan.distenv import all_reduce_sum
 
 log = logging.getLogger(__name__)
 

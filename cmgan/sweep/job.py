@@ -30,6 +30,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from cmgan.config import RunConfig
+from cmgan.distenv import master_port
 from cmgan.sweep.evaluate import evaluate_run
 from cmgan.sweep.state import write_json_atomic
 
@@ -69,13 +70,6 @@ def train_status(result: Any, cfg: RunConfig) -> str:
     return "finished"
 
 
-def master_port(job_id: str, restarts: int) -> int:
-    """A rendezvous port derived from the job id and restart count: the same on every rank of one job, and
-    different after a requeue, so a restarted job never meets its predecessor's lingering socket."""
-    digits = int(re.sub(r"\D", "", job_id) or 0)
-    return 20000 + (digits * 7 + restarts) % 20000
-
-
 def set_distributed_env(env: submitit.JobEnvironment) -> dict[str, str]:
     """Export the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK,
     LOCAL_WORLD_SIZE) derived from the scheduler's, for launchers that read torchrun's convention.
@@ -99,13 +93,6 @@ def set_distributed_env(env: submitit.JobEnvironment) -> dict[str, str]:
             os.environ[k] = v
             set_now[k] = v
     return set_now
-
-
-def _group_size() -> int:
-    """World size of an initialised torch.distributed process group, else 1."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _slurm_job_ref() -> str:
@@ -166,8 +153,10 @@ class RunJob:
         if status.startswith("failed:"):
             return {"status": status.split(":", 1)[1], "train": result, "metrics": None, "restarts": restarts}
         metrics: dict[str, Any] | None = None
-        if self.evaluate and (_group_size() > 1 or env.global_rank == 0):
-            metrics = evaluate_run(run_dir, self.cfg)  # collective when the trainer left a process group
+        # Rank 0 alone evaluates, on its own device: the trainer has closed the process group, and the test split
+        # is small next to training. The other ranks return.
+        if self.evaluate and env.global_rank == 0:
+            metrics = evaluate_run(run_dir, self.cfg)
         elif env.global_rank == 0:
             metrics = {"available": False, "reason": "evaluation switched off"}
         if env.global_rank == 0:

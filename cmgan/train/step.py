@@ -79,7 +79,9 @@ def discriminator_forward(
         return discriminator_losses(nets.Dx, nets.Dy, x, y, fake_x.detach(), fake_y.detach(), loss)
 
 
-def all_finite(*objectives: Objective) -> bool:
-    """True when every total and term is finite (checked before the update)."""
-    values = [o.total.detach() for o in objectives] + [t for o in objectives for t in o.terms.values()]
-    return bool(torch.isfinite(torch.stack([v.float() for v in values])).all())
+def all_finite(*objectives: Objective) -> torch.Tensor:
+    """0-dim bool tensor on the losses' device: True when every total and term is finite (checked before the
+    update). Not read here: on a GPU reading it would wait for the whole step; the trainer folds it into the one
+    agreement all-reduce per step (`Backend.all_reduce_max`)."""
+    values = [o.total.detach() for o in objectives] + [t.detach() for o in objectives for t in o.terms.values()]
+    return torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()
