@@ -6,12 +6,13 @@
     python launch/sweep.py configs/sweeps/fusion.toml --status
     python launch/sweep.py configs/sweeps/fusion.toml --seeds 3     # every run x seeds 0, 1, 2; mean, std, CI
     python launch/sweep.py configs/sweeps/fusion.toml --report      # report.md + figures from what it holds
-    python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3   # the demo ablation with CIs (after
-                                                                          # the demo built its data)
+    python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3   # the demo's ablation with CIs
 
 Re-running a sweep skips finished runs (and finished seeds), reattaches to running ones and resubmits failed
 ones (up to max_attempts). A finished sweep writes report.md (tables, metric bars with error bars, training
-curves, sample grids) into its directory. Profiles: slurm/profiles/<name>.toml (default: `local` when SLURM answers, else `subprocess`).
+curves, sample grids) into its directory. The demo's sweep file needs the demo's data (`python
+launch/sweep.py` builds it) and resolves its paths under ./demo as the demo does. Profiles:
+slurm/profiles/<name>.toml (default: `local` when SLURM answers, else `subprocess`).
 """
 
 from __future__ import annotations

@@ -71,12 +71,16 @@ def open_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, seed
     return load_sweep(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
 
 
-def _print_results(console: Console, sweep: Sweep, states: list[RunState], title: str) -> None:
-    rows = collect_rows(states)
-    console.print(render_table(rows, title=title))
+def _print_summary(console: Console, sweep: Sweep, states: list[RunState]) -> None:
+    """The per-configuration tables (mean +- std, difference from the reference with its CI)."""
     if sweep.seeds or len(sweep.configs) > 1:
-        for table in render_summary(summarize(rows, sweep.reference), title=f"sweep {sweep.name}"):
+        for table in render_summary(summarize(collect_rows(states), sweep.reference), title=f"sweep {sweep.name}"):
             console.print(table)
+
+
+def _print_results(console: Console, sweep: Sweep, states: list[RunState], title: str) -> None:
+    console.print(render_table(collect_rows(states), title=title))
+    _print_summary(console, sweep, states)
 
 
 def report_command(sweep: Sweep, states: list[RunState], console: Console) -> None:
@@ -135,9 +139,7 @@ def sweep_command(
 
             states = SweepRunner(sweep, prof, max_attempts, poll_s, on_update=show).run(wait=wait)
             live.update(render_table(collect_rows(states), title=title))
-        if sweep.seeds or len(sweep.configs) > 1:
-            for table in render_summary(summarize(collect_rows(states), sweep.reference), title=f"sweep {sweep.name}"):
-                console.print(table)
+        _print_summary(console, sweep, states)
     else:
         states = SweepRunner(sweep, prof, max_attempts, poll_s).run(wait=wait)
         _print_results(console, sweep, states, title)

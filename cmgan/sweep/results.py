@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from scipy import stats
 
@@ -304,18 +305,18 @@ def render_summary(summary: dict[str, Any], title: str = "configurations") -> li
     means.add_column("config")
     means.add_column("n", justify="right")
     for m in metrics:
-        means.add_column(LABELS.get(m, (m,))[0], justify="right")
+        means.add_column(escape(LABELS.get(m, (m,))[0]), justify="right")
     for c in summary["configs"]:
         n = max((c["metrics"][m]["n"] for m in metrics), default=0)
         ref = " (ref)" if c["config"] == summary["reference"] else ""
         means.add_row(c["config"] + ref, f"{n}/{c['runs']}", *[mean_std_cell(c["metrics"][m]) for m in metrics])
-    means.caption = "; ".join(f"{LABELS[m][0]}: {LABELS[m][1]}" for m in metrics if m in LABELS)
-    diffs = Table(title=f"{title}: difference from {summary['reference']!r} [95% CI, paired by seed]")
+    means.caption = escape("; ".join(f"{LABELS[m][0]}: {LABELS[m][1]}" for m in metrics if m in LABELS))
+    diffs = Table(title=escape(f"{title}: difference from {summary['reference']!r} [95% CI, paired by seed]"))
     diffs.add_column("config")
     for m in metrics:
-        diffs.add_column(LABELS.get(m, (m,))[0], justify="right")
+        diffs.add_column(escape(LABELS.get(m, (m,))[0]), justify="right")
     for c in summary["configs"]:
         if "diff" in c:
-            diffs.add_row(c["config"], *[diff_cell(c["diff"][m]) for m in metrics])
-    diffs.caption = summary["ci_note"]
+            diffs.add_row(escape(c["config"]), *[escape(diff_cell(c["diff"][m])) for m in metrics])
+    diffs.caption = escape(summary["ci_note"])
     return [means, diffs]

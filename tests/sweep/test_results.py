@@ -108,7 +108,12 @@ def test_one_seed_gives_no_interval_and_the_tables_say_how_the_interval_was_made
         console.print(table)
     text = console.export_text()
     assert "Student t" in text and "paired by seed" in text and "+0.1 (n=1)" in text
-    assert "SSIM [paper def]" not in text  # no such metric measured: no column that invites a wrong comparison
+    assert "paper def" not in text  # no such metric measured: no column that invites a wrong comparison
+    summary = summarize(collect_rows([_seeded("a", 0, 0.7)]) + [{"run": "b", "status": "done", "ssim_paper": 0.6}])
+    console = Console(width=250, record=True)
+    for table in render_summary(summary):
+        console.print(table)
+    assert "SSIM [paper def]" in console.export_text()  # the label survives rich's markup
 
 
 def test_the_paper_preset_puts_the_paper_pair_first_and_labels_it():
