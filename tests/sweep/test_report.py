@@ -62,7 +62,8 @@ def test_report_has_tables_and_figures_with_one_entry_per_configuration(tmp_path
     console = Console(width=250, record=True)
     assert sweep_command(path, profile="subprocess", report=True, console=console) == 0
     out = sweep.sweep_dir
-    assert "report:" in console.export_text() and "difference from 'paper'" in console.export_text()
+    shown = console.export_text()
+    assert "report:" in shown and "difference from 'paper'" in shown and "SSIM [paper def]" in shown
     for name in ("report.md", "metrics.png", "curves.png", "samples.png", "figures.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
