@@ -337,8 +337,18 @@ class EvalConfig:
     """Evaluate at most this many slices (0: all of the split)."""
     split: str = "test"
     """Which split of the MR shards is evaluated."""
+    fg_dilate: int = 2
+    """Foreground SSIM/PSNR (`ssim_fg`, `psnr_fg`): pixels by which the slice's anatomy mask is dilated, so a dark
+    halo or a bleed just outside the anatomy counts against the model (0: the mask itself)."""
+    preset: str = "default"
+    """Which SSIM/PSNR set is the headline (both are always computed and stored under their own keys):
+    default: `ssim`/`psnr` as set above (float luminance, Gaussian 11 window); paper: `ssim_paper`/`psnr_paper`,
+    the authors' definition (8-bit PNGs, uniform 101-pixel window, sample covariance) for a comparison with the
+    paper's numbers. The preset orders tables and reports; it never changes what a key means."""
 
     def __post_init__(self) -> None:
+        _choice("eval", "preset", self.preset, ("default", "paper"))
+        _positive("eval", "fg_dilate", self.fg_dilate, strict=False)
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ConfigError(f"eval.ssim_window={self.ssim_window} must be an odd integer >= 3")
         _choice("eval", "split", self.split, ("train", "val", "test"))

@@ -18,8 +18,9 @@ from cmgan.config import RunConfig
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ("ssim", "psnr", "mi", "fid", "delta_e2000")
-"""Metrics shown as columns of the sweep's table (means over slices; FID over all outputs)."""
+HEADLINE = ("ssim", "psnr", "ssim_fg", "psnr_fg", "ssim_paper", "psnr_paper", "mi", "fid", "delta_e2000")
+"""Metrics shown as columns of the sweep's table (means over slices; FID over all outputs): whole-slice,
+foreground-only and the paper's definition of SSIM/PSNR side by side (see `cmgan.eval.evaluator`)."""
 
 
 def headline_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def headline_metrics(result: dict[str, Any]) -> dict[str, Any]:
     if metrics.get("fid") is None and metrics.get("fid_unavailable"):
         flat["fid_unavailable"] = metrics["fid_unavailable"]
     flat["count"] = result.get("count")
+    flat["preset"] = (result.get("settings") or {}).get("eval", {}).get("preset", "default")
     return flat
 
 

@@ -54,6 +54,10 @@ class RunState:
     """Last scheduler state seen (PENDING, RUNNING, COMPLETED, ...), for display."""
     run_dir: str = ""
     overrides: list[str] = field(default_factory=list)
+    config: str = ""
+    """The configuration this run repeats (see `cmgan.sweep.spec`); empty in states written before seeds."""
+    seed: int | None = None
+    """The run's seed when the sweep has seeds."""
     result: dict[str, Any] | None = None
     """The job's return value: {"status": "done", "train": <trainer's dict>, "metrics": ...}."""
     metrics: dict[str, Any] | None = None
