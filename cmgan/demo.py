@@ -16,7 +16,6 @@ import os
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -68,14 +67,13 @@ def run_demo(
     steps: train steps per sweep run (default: configs/demo.toml). runs: names of the sweep's runs to keep
     (default: all of configs/sweeps/demo-ablations.toml).
     """
-    from shards.demo import demo as build_demo_shards
-
     from cmgan.colorize.runner import ColorizeOptions, run_colorize
     from cmgan.sweep.cli import resolve_profile
     from cmgan.sweep.results import collect_rows, render_table
     from cmgan.sweep.runner import SweepRunner
     from cmgan.sweep.spec import build_sweep
     from cmgan.train.seg_pretrain import pretrain_segmenter
+    from shards.demo import demo as build_demo_shards
 
     console = console or Console()
     root = Path(root).absolute()
@@ -90,7 +88,7 @@ def run_demo(
     ] + ([f"train.steps={steps}"] if steps else [])
 
     console.rule("[bold]1/5 demo shards")
-    if not ((root / "shards" / "mr" / "manifest.json").is_file() and (root / "shards" / "color" / "manifest.json").is_file()):
+    if not all((root / "shards" / d / "manifest.json").is_file() for d in ("mr", "color")):
         results = build_demo_shards(root / "shards")
         for domain, result in results.items():
             counts = (result.manifest or {}).get("counts", {})

@@ -27,7 +27,13 @@ from scipy import ndimage
 
 from cmgan.data.normalize import put_slice
 from cmgan.data.volumes import (
-    NIFTI_SUFFIXES, Volume, VolumeError, identity_from_path, is_dicom_file, read_volume, to_canonical,
+    NIFTI_SUFFIXES,
+    Volume,
+    VolumeError,
+    identity_from_path,
+    is_dicom_file,
+    read_volume,
+    to_canonical,
 )
 
 log = logging.getLogger(__name__)

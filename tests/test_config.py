@@ -2,18 +2,19 @@
 
 import json
 import tomllib
-
-import pytest
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+import pytest
 
 from cmgan.config import ConfigError, RunConfig, dumps_json, dumps_toml, load_config, replace, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_are_the_papers_constants():
     cfg = RunConfig()
-    assert (cfg.model.image_size, cfg.model.width, cfg.model.fusion, cfg.model.disc_input) == (256, 64, "sigmoid", "concat")
+    model = cfg.model
+    assert (model.image_size, model.width, model.fusion, model.disc_input) == (256, 64, "sigmoid", "concat")
     assert (cfg.loss.cycle, cfg.loss.identity, cfg.loss.gray, cfg.loss.edge, cfg.loss.adversarial) == (10, 5, 10, 10, 1)
     assert cfg.loss.disc_x == cfg.loss.disc_y == 0.5 and cfg.loss.pool_size == 50
     assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.5, 0.999)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from cmgan.colorize.writers import FORMATS
 
@@ -96,9 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _submit(opts, args):  # noqa: ANN001, ANN202 - argparse namespace
     from cmgan.colorize.inputs import discover
     from cmgan.colorize.submit import submit_colorize
-    from cmgan.sweep.profile import load_profile
-
     from cmgan.export import resolve_export_path
+    from cmgan.sweep.profile import load_profile
 
     resolve_export_path(opts.checkpoint)  # a wrong path fails here, not in every array task
     profile = load_profile(args.profile)

@@ -107,7 +107,7 @@ class ClusterProfile:
         """Ranks of one run (all nodes)."""
         return self.nodes * self.tasks_per_node
 
-    def with_resources(self, resources: dict[str, Any], where: str = "resources") -> "ClusterProfile":
+    def with_resources(self, resources: dict[str, Any], where: str = "resources") -> ClusterProfile:
         """A copy with some fields replaced (a sweep's or a run's `resources` table), validated again."""
         names = {f.name for f in dataclasses.fields(self)} - {"name"}
         unknown = set(resources) - names
