@@ -9,9 +9,10 @@ SLURM_CLIENTS = ("srun", "sbatch", "sinfo")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test marked `gpu` skips without a CUDA device. A test marked `slurm` skips, saying why, where SLURM's client commands are not on the PATH (a fresh
-    machine): submitit's SLURM executor refuses to build without `srun`, and nothing can be submitted without
-    `sbatch`. Tests that also need a controller that answers check that in their fixture (tests/slurm)."""
+    """A test marked `gpu` skips without a CUDA device. A test marked `slurm` skips, saying why, where SLURM's
+    client commands are not on the PATH (a fresh machine): submitit's SLURM executor refuses to build without
+    `srun`, and nothing can be submitted without `sbatch`. Tests that also need a controller that answers check
+    that in their fixture (tests/slurm)."""
     if item.get_closest_marker("gpu") is not None:
         import torch
 
