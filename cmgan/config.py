@@ -1,6 +1,6 @@
 """Typed run configuration: frozen dataclasses, TOML values, dotted command-line overrides.
 
-Every constant of the method lives here with the defaults of ColorMedGAN (shared MODEL.md); code never
+Every constant of the method lives here with the defaults of ColorMedGAN (docs/method.md); code never
 hard-codes one. A run is described by `RunConfig`; each component receives only its own section
 (`ModelConfig`, `LossConfig`, ...).
 
@@ -88,7 +88,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights (MODEL.md); generator terms are summed over both directions of the cycle."""
+    """Loss weights (docs/method.md); generator terms are summed over both directions of the cycle."""
 
     adversarial: float = 1.0
     """Least-squares adversarial term, (D(fake) - 1)^2."""

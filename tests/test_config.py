@@ -1,4 +1,4 @@
-"""cmgan.config: defaults from MODEL.md, TOML + dotted overrides, errors that name the field and the fix."""
+"""cmgan.config: defaults from docs/method.md, TOML + dotted overrides, errors that name the field and the fix."""
 
 import json
 import tomllib

@@ -1,6 +1,6 @@
 """The callable a sweep submits for each run: train (resuming from the run directory), evaluate, return.
 
-Preemption and time limits, with submitit 1.5 (shared ENV.md):
+Preemption and time limits, with submitit 1.5 (docs/cluster.md):
 - SLURM sends the job's signal (USR2 by default) before the time limit and, with `preempt_send_user_signal`,
   at preemption. The trainer's handler records it; at the next step boundary all ranks agree, save a
   checkpoint together, and the trainer hands the signal on to submitit's handler, which on global rank 0 calls

@@ -193,7 +193,7 @@ def default_profile_name() -> str:
 
 def make_executor(profile: ClusterProfile, folder: str | Path, job_name: str = "cmgan") -> submitit.Executor:
     """A submitit executor for `profile`; the backend is always named explicitly, because AutoExecutor picks
-    SLURM whenever `srun` is on PATH, even where no controller runs (shared ENV.md)."""
+    SLURM whenever `srun` is on PATH, even where no controller runs (docs/cluster.md)."""
     folder = Path(folder)
     if profile.cluster == "local":
         # LocalExecutor directly: AutoExecutor does not pass the signal's lead time through to it.
