@@ -119,7 +119,7 @@ class Generator(nn.Module):
             extra = self.fuse_dec.extra_channels if i == 1 else 0
             ups.append(ConvBlock(nn.ConvTranspose2d(2 * c[i] + extra, c[i - 1], 4, 2, 1, bias=False), relu()))
         self.ups = nn.ModuleList(ups)
-        self.head = nn.Conv2d(c[0], out_channels, 5, 1, 2)  # no spectral norm, no norm (MODEL.md)
+        self.head = nn.Conv2d(c[0], out_channels, 5, 1, 2)  # no spectral norm, no norm (docs/method.md)
 
     def _check(self, x: torch.Tensor, seg: SegFeatures | None) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
