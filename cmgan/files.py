@@ -67,6 +67,17 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def commit(tmp: str | Path, path: str | Path) -> Path:
+    """Make a finished temporary (file or directory tree) durable and rename it over `path`: fsync its data, then
+    `os.replace`, then fsync the directory. For writers that stream into `temp_path(path)` across several calls
+    (a tar shard, a Zarr store); a directory at `path` must be moved away first (os.replace refuses it)."""
+    tmp, path = Path(tmp), Path(path)
+    _fsync_tree(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary name to write `path` under (a file, or a directory the caller creates); on a normal exit
@@ -82,7 +93,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-    fsync_dir(path.parent)
+    fsync_dir(path.parent)  # after the rename: the new directory entry is what must survive
 
 
 @contextlib.contextmanager

@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from cmgan.eval.evaluator import evaluate_checkpoint
     from cmgan.eval.report import result_table
+    from cmgan.logs import setup_logging
     from cmgan.train.distributed import detect_env
-    from cmgan.train.monitor import configure_logging
 
-    configure_logging(detect_env().rank)
+    setup_logging(rank=detect_env().rank)
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.real, args.out, args.config, args.overrides)
     except ValueError as e:  # bad input: a clear message, no traceback

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cmgan.data.normalize import Normalization
+from cmgan.logs import setup_logging
 
 BUILD_HELP = """\
 Build 2D slice shards from MR volumes or color photographs.
@@ -108,8 +109,7 @@ def _summary(name: str, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     from shards.build import BuildError, BuildOptions, build
     from shards.deid import SaltError
 

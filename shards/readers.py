@@ -35,6 +35,7 @@ from cmgan.data.volumes import (
     read_volume,
     to_canonical,
 )
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +209,6 @@ def match_files(sources: list[Source], files: list[Path], suffixes: tuple[str, .
 
 def source_sha256(source: Source) -> str:
     """Checksum of a source's bytes (a DICOM series / image folder: of its files' checksums in name order)."""
-    from cmgan.data.manifest import sha256_file
-
     if source.kind == "nifti":
         return sha256_file(source.path)
     files = source.files or tuple(sorted((p for p in source.path.iterdir() if p.is_file()), key=_natural))

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from cmgan.colorize.writers import FORMATS
+from cmgan.logs import setup_logging
 
 EPILOG = """\
 inputs: NIfTI files (.nii/.nii.gz), DICOM series folders (one series per folder), Zarr stores written by
@@ -54,8 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     log = logging.getLogger("cmgan.colorize")
 
     from cmgan.colorize.runner import ColorizeOptions, exit_code, run_colorize

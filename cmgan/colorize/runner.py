@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from cmgan import files
 from cmgan.colorize.consistency import slice_consistency, smooth_chroma
 from cmgan.colorize.inputs import (
     Input,
@@ -40,7 +41,7 @@ from cmgan.colorize.inputs import (
 )
 from cmgan.colorize.markers import FORMAT as MARKER_FORMAT
 from cmgan.colorize.markers import VERSION as MARKER_VERSION
-from cmgan.colorize.markers import marker_path, read_marker, why_not_done, write_json_atomic
+from cmgan.colorize.markers import marker_path, read_marker, why_not_done
 from cmgan.colorize.volume import PreparedVolume, colorize_prepared, prepare_volume, read_source, to_native
 from cmgan.colorize.writers import (
     FORMATS,
@@ -289,7 +290,7 @@ class _Run:
                 "consistency": record["consistency"],
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            write_json_atomic(mpath, marker)
+            files.write_json(mpath, marker)
             record.update(status="done", outputs={f: str(self.out / o["path"]) for f, o in outputs.items()})
         except Exception as e:  # noqa: BLE001 - a full disk or a bad path fails this volume, not the run
             log.debug("writing %s failed", inp.key, exc_info=True)
@@ -337,7 +338,7 @@ class _Run:
 
     def write_summary(self, final: bool) -> dict[str, Any]:
         summary = self.summary(final)
-        write_json_atomic(self.summary_file, summary)
+        files.write_json(self.summary_file, summary)
         self.last_summary = time.perf_counter()
         return summary
 

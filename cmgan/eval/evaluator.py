@@ -17,10 +17,8 @@ and raised on every rank.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmgan import files
 from cmgan.config import EvalConfig, to_dict
 from cmgan.data import schema
 from cmgan.data.manifest import read_manifest
@@ -219,15 +218,6 @@ def settings(cfg: EvalConfig, fid_model: FIDModel | None, real_info: dict[str, A
     }
 
 
-def write_json(path: str | Path, result: dict[str, Any]) -> Path:
-    """Write the result as JSON via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
 
 def evaluate(
     export: Any,
@@ -288,7 +278,7 @@ def evaluate(
     }
     result = _nan_to_none(result)
     if out is not None and rank == 0:
-        write_json(out, result)
+        files.write_json(out, result, allow_nan=False)  # strict JSON: NaN became None above
     return result
 
 

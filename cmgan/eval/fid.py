@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from cmgan import files
 from cmgan.eval.ranks import all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -141,11 +141,8 @@ def frechet_distance(
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, count: int, meta: dict[str, Any]) -> None:
     """Write statistics as an npz pytorch-fid can read (`mu`, `sigma`), plus `count` and `meta` (JSON); atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, count=np.int64(count), meta=np.array(json.dumps(meta, sort_keys=True)))
-    os.replace(tmp, path)
+    with files.atomic_path(path, suffix=".npz") as tmp:  # the suffix, or np.savez appends one
+        np.savez(tmp, mu=mu, sigma=sigma, count=np.int64(count), meta=np.array(json.dumps(meta, sort_keys=True)))
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:

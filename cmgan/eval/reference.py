@@ -22,9 +22,10 @@ import torch
 
 from cmgan.config import EvalConfig
 from cmgan.data import schema
-from cmgan.data.manifest import NAME, read_manifest, sha256_file
+from cmgan.data.manifest import NAME, read_manifest
 from cmgan.eval import fid, inception, ranks
 from cmgan.eval.slices import read_samples, rgb_batches
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def load_fid_model(cfg: EvalConfig, device: torch.device | str = "cpu") -> tuple
     net = inception.load_fid_inception(path, dims=cfg.fid_dims).to(device)
     if cfg.fid_precision == "bf16":
         net = net.to(memory_format=torch.channels_last)
-    return FIDModel(net, str(path), inception.file_sha256(path), cfg.fid_precision, device), None
+    return FIDModel(net, str(path), sha256_file(path), cfg.fid_precision, device), None
 
 
 def accumulate(model: FIDModel, batches: Iterable[torch.Tensor], dims: int) -> fid.FeatureStats:

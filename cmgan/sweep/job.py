@@ -31,6 +31,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 from cmgan.config import RunConfig
+from cmgan.logs import setup_logging
 from cmgan.sweep.evaluate import evaluate_run
 from cmgan.sweep.state import write_json_atomic
 
@@ -142,8 +143,7 @@ class RunJob:
         self.evaluate = evaluate
 
     def __call__(self) -> dict[str, Any]:
-        if not logging.getLogger().handlers:  # the job's own process: its log goes to the job's stderr file
-            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s (%(asctime)s) - %(message)s")
+        setup_logging()  # the job's own process: its log goes to the job's stderr file
         env = submitit.JobEnvironment()
         set_distributed_env(env)
         os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))

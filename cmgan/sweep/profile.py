@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import submitit
 from submitit.core.job_environment import JobEnvironment
 
+from cmgan import files
 from cmgan.config import ConfigError, from_dict
 
 log = logging.getLogger(__name__)
@@ -142,10 +142,7 @@ def load_profile(name_or_path: str | Path) -> ClusterProfile:
     if not path.is_file():
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
         raise ConfigError(f"cluster profile {name_or_path!r} not found ({path}); known profiles: {known}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"cluster profile {path} is not valid TOML: {e}") from None
+    data = files.read_toml(path, "cluster profile", ConfigError)
     data.setdefault("name", path.stem)
     try:
         return profile_from_dict(data)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmgan import files
+
 STATUSES = ("pending", "submitting", "submitted", "running", "done", "failed")
 ACTIVE = ("submitting", "submitted", "running")
 
@@ -85,14 +87,8 @@ class RunState:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The sweep's JSON files (indent 2; values JSON cannot hold written as strings), atomic (cmgan.files)."""
+    files.write_json(path, data, indent=2, default=str)
 
 
 class StateStore:
