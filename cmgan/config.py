@@ -14,6 +14,7 @@ TOML literal is taken as a string, so `train.precision=bf16` works without quote
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tomllib
 import types
@@ -42,9 +43,11 @@ def _positive(section: str, name: str, value: float, strict: bool = True) -> Non
         raise ConfigError(f"{section}.{name}={value!r} must be {bound}")
 
 
-FUSION_MODES = ("sigmoid", "concat", "none")
-DISC_INPUTS = ("concat", "residual", "gate", "image")
-LAPLACIANS = ("4", "8")
+def _registry(module: str, name: str) -> tuple[str, ...]:
+    """The valid values of a choice field: the keys of the registry in the module that implements the choices
+    (the single source; a new fusion mode registered in the generator is valid here at once). Imported on use,
+    because those modules import this one."""
+    return tuple(getattr(importlib.import_module(module), name))
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,9 @@ class ModelConfig:
     """Laplacian kernel of the edge maps: 4-neighbour (paper eq. 9) or 8-neighbour (public code)."""
 
     def __post_init__(self) -> None:
-        _choice("model", "fusion", self.fusion, FUSION_MODES)
-        _choice("model", "disc_input", self.disc_input, DISC_INPUTS)
-        _choice("model", "laplacian", self.laplacian, LAPLACIANS)
+        _choice("model", "fusion", self.fusion, _registry("cmgan.models.generator", "FUSION"))
+        _choice("model", "disc_input", self.disc_input, _registry("cmgan.models.discriminator", "DISC_INPUT"))
+        _choice("model", "laplacian", self.laplacian, _registry("cmgan.models.edges", "LAPLACIAN_KERNELS"))
         for name in ("image_size", "width", "depth", "seg_width", "seg_depth", "seg_classes", "disc_width"):
             _positive("model", name, getattr(self, name))
         if self.depth < 2:
@@ -205,7 +208,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _choice("data", "resume", self.resume, ("reseed", "exact"))
+        _choice("data", "resume", self.resume, _registry("cmgan.data.pipeline", "RESUME_MODES"))
         _positive("data", "batch_size", self.batch_size)
         _positive("data", "num_workers", self.num_workers, strict=False)
         _choice("data", "split", self.split, ("train", "val", "test"))
@@ -338,7 +341,7 @@ class EvalConfig:
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ConfigError(f"eval.ssim_window={self.ssim_window} must be an odd integer >= 3")
         _choice("eval", "split", self.split, ("train", "val", "test"))
-        _choice("eval", "ssim_kernel", self.ssim_kernel, ("gaussian", "uniform"))
+        _choice("eval", "ssim_kernel", self.ssim_kernel, _registry("cmgan.eval.structure", "SSIM_KERNELS"))
         _choice("eval", "fid_dims", self.fid_dims, (64, 192, 768, 2048))
         _choice("eval", "fid_precision", self.fid_precision, ("fp32", "bf16"))
         for split in self.real_splits:

@@ -71,3 +71,21 @@ def test_replace_validates_again():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_choice_fields_accept_exactly_the_keys_of_the_registries_that_implement_them():
+    from cmgan.data.pipeline import RESUME_MODES
+    from cmgan.eval.structure import SSIM_KERNELS
+    from cmgan.models.discriminator import DISC_INPUT
+    from cmgan.models.edges import LAPLACIAN_KERNELS
+    from cmgan.models.generator import FUSION
+
+    registries = {"model.fusion": FUSION, "model.disc_input": DISC_INPUT, "model.laplacian": LAPLACIAN_KERNELS,
+                  "data.resume": RESUME_MODES, "eval.ssim_kernel": SSIM_KERNELS}
+    for name, registry in registries.items():
+        section, key = name.split(".")
+        for value in registry:
+            assert getattr(getattr(load_config(None, [f'{name}="{value}"']), section), key) == value
+        with pytest.raises(ConfigError, match=rf"{name}='nope' is not valid; choose one of \[.*\]") as e:
+            load_config(None, [f'{name}="nope"'])
+        assert str(e.value).endswith(str(list(registry)))
