@@ -111,6 +111,9 @@ def frechet_distance(
 
     Non-finite sqrtm: `eps` is added to both diagonals and sqrtm repeated (logged instead of printed). A
     non-negligible imaginary diagonal (> 1e-3) raises ValueError; otherwise the real part is kept.
+    Not a call of pytorch-fid's function: pytorch-fid 0.3.0 passes `disp=False` to scipy's `sqrtm`, deprecated
+    since scipy 1.16, and with scipy 1.17 its result no longer unpacks for a 1x1 covariance (ValueError);
+    tests/eval/test_fid.py checks that both give the same value where pytorch-fid's works.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
