@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from cmgan import checkpoint  # noqa: E402
 from cmgan.config import load_config  # noqa: E402
-from cmgan.data.manifest import read_manifest  # noqa: E402
 from cmgan.data import schema  # noqa: E402
+from cmgan.data.manifest import read_manifest  # noqa: E402
 from cmgan.eval import fid  # noqa: E402
 from cmgan.eval.quality import QualityAccumulator  # noqa: E402
 from cmgan.eval.reference import load_fid_model, real_statistics  # noqa: E402
@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     line = {
         "bench": "quality", "config": str(args.config), "overrides": overrides, "seeds": args.seeds,
         "steps": steps, "image_size": cfg.model.image_size, "width": cfg.model.width,
-        "batch": cfg.data.batch_size, "threads": torch.get_num_threads(), "ema": cfg.train.ema_decay > 0 and not args.no_ema,
-        "curve": curve, "targets": targets_met(curve[-1]), "oracles": oracles(cfg, _label_names(cfg)), "total_s": round(time.time() - t0, 1),
+        "batch": cfg.data.batch_size, "threads": torch.get_num_threads(),
+        "ema": cfg.train.ema_decay > 0 and not args.no_ema, "curve": curve, "targets": targets_met(curve[-1]),
+        "oracles": oracles(cfg, _label_names(cfg)), "total_s": round(time.time() - t0, 1),
         "per_seed": per_seed,
     }
     print(json.dumps(line))

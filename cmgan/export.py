@@ -15,15 +15,13 @@ Its `model_id` is the SHA-256 of the file's bytes: outputs record it, and a chan
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cmgan import precision
+from cmgan import files, precision
 from cmgan.config import ModelConfig, from_dict, to_dict
 
 EXPORT_FORMAT = "cmgan-export-v1"
@@ -44,14 +42,6 @@ def resolve_export_path(path: str | Path) -> Path:
         f"{path}: no generator export found (looked for {path}, {path / 'export' / EXPORT_NAME}); "
         "train a run first or name the export file"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_export(
@@ -88,13 +78,8 @@ def save_export(
         "meta": dict(meta),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with files.atomic_open(path, "wb") as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
     return path
 
 
@@ -173,7 +158,7 @@ def load_export(
         autocast = _preferred_autocast(device)
     return Export(
         path=file,
-        model_id=_file_sha256(file),
+        model_id=files.sha256_file(file),
         model_cfg=model_cfg,
         normalization=payload["normalization"],
         meta=payload["meta"],

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     from cmgan.distenv import DistributedError, detect_env
     from cmgan.eval.evaluator import evaluate_checkpoint
     from cmgan.eval.report import result_table
-    from cmgan.train.monitor import configure_logging
+    from cmgan.logs import setup_logging
 
-    configure_logging(detect_env().rank)
+    setup_logging(rank=detect_env().rank)
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.real, args.out, args.config, args.overrides)
     except ValueError as e:  # bad input: a clear message, no traceback

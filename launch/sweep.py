@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll", type=float, help="seconds between status polls (default: the profile's poll_s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every submission and state change")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from cmgan.logs import setup_logging
+
+    setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
 
     if args.sweep is None:
         if args.seeds or args.report:

@@ -17,16 +17,17 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from cmgan.data import schema
 from cmgan.data.codec import encode_json, encode_npy
-from cmgan.data.manifest import FORMAT, NAME, VERSION, read_manifest, sha256_file, write_manifest
+from cmgan.data.manifest import FORMAT, NAME, VERSION, read_manifest, write_manifest
 from cmgan.data.normalize import (
     Normalization,
     NormalizationError,
@@ -40,6 +41,7 @@ from cmgan.data.normalize import (
     to_size,
 )
 from cmgan.data.volumes import VolumeError
+from cmgan.files import sha256_file
 from shards import readers
 from shards.deid import load_or_create_salt, pseudonym
 from shards.writer import ShardWriter, ZarrWriter

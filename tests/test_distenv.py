@@ -13,8 +13,17 @@ import pytest
 import torch
 
 from cmgan.distenv import (
-    CudaUnavailableError, DistEnv, DistributedError, check_gpus, detect_env, device_index, expand_hostlist,
-    export_env, gpus_assigned, master_port, require_cuda_if_assigned,
+    CudaUnavailableError,
+    DistEnv,
+    DistributedError,
+    check_gpus,
+    detect_env,
+    device_index,
+    expand_hostlist,
+    export_env,
+    gpus_assigned,
+    master_port,
+    require_cuda_if_assigned,
 )
 
 

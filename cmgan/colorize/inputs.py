@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cmgan.data.volumes import NIFTI_SUFFIXES, is_dicom_file
 from cmgan.distenv import detect_env
+from cmgan.files import sha256_file
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 KINDS = ("nifti", "dicom", "zarr")
@@ -257,7 +258,7 @@ def input_sha256(inp: Input) -> str:
     files in sorted relative-path order (name and content digest of each), so any added, removed, renamed or
     changed file changes it."""
     if inp.path.is_file():
-        return _file_sha256(inp.path)
+        return sha256_file(inp.path)
     if inp.kind == "dicom":
         files = sorted(p for p in inp.path.iterdir() if p.is_file() and not p.name.startswith("."))
     else:
@@ -265,15 +266,7 @@ def input_sha256(inp: Input) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(inp.path).as_posix().encode() + b"\0")
-        h.update(bytes.fromhex(_file_sha256(f)))
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
+        h.update(bytes.fromhex(sha256_file(f)))
     return h.hexdigest()
 
 

@@ -19,10 +19,8 @@ and raised on every rank.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmgan import distenv, files
 from cmgan.config import EvalConfig, to_dict
 from cmgan.data import schema
 from cmgan.data.manifest import read_manifest
-from cmgan import distenv
 from cmgan.eval import color, fid, structure
 from cmgan.eval.reference import FIDModel, NoRealImages, load_fid_model, real_statistics
 from cmgan.eval.slices import MR_MEMBERS, SliceBatch, mr_batches, read_samples
@@ -288,15 +286,6 @@ def settings(
     }
 
 
-def write_json(path: str | Path, result: dict[str, Any]) -> Path:
-    """Write the result as JSON via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
 
 def evaluate(
     export: Any,
@@ -357,7 +346,7 @@ def evaluate(
     }
     result = _nan_to_none(result)
     if out is not None and rank == 0:
-        write_json(out, result)
+        files.write_json(out, result, allow_nan=False)  # strict JSON: NaN became None above
     return result
 
 

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmgan import distenv
 from cmgan.config import EvalConfig
 from cmgan.data import schema
-from cmgan.data.manifest import NAME, read_manifest, sha256_file
-from cmgan import distenv
+from cmgan.data.manifest import NAME, read_manifest
 from cmgan.eval import fid, inception
 from cmgan.eval.slices import read_samples, rgb_batches
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def load_fid_model(cfg: EvalConfig, device: torch.device | str = "cpu") -> tuple
         precision = "fp32"
     if precision == "bf16":
         net = net.to(memory_format=torch.channels_last)
-    return FIDModel(net, str(path), inception.file_sha256(path), precision, device), None
+    return FIDModel(net, str(path), sha256_file(path), precision, device), None
 
 
 def accumulate(model: FIDModel, batches: Iterable[torch.Tensor], dims: int) -> fid.FeatureStats:

@@ -1,6 +1,6 @@
 """The callable a sweep submits for each run: train (resuming from the run directory), evaluate, return.
 
-Preemption and time limits, with submitit 1.5 (shared ENV.md):
+Preemption and time limits, with submitit 1.5 (docs/cluster.md):
 - SLURM sends the job's signal (USR2 by default) before the time limit and, with `preempt_send_user_signal`,
   at preemption. The trainer's handler records it; at the next step boundary all ranks agree, save a
   checkpoint together, and the trainer hands the signal on to submitit's handler, which on global rank 0 calls
@@ -23,14 +23,16 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import submitit
 from submitit.core.utils import DelayedSubmission
 
 from cmgan.config import RunConfig
 from cmgan.distenv import master_port
+from cmgan.logs import setup_logging
 from cmgan.sweep.evaluate import evaluate_run
 from cmgan.sweep.state import write_json_atomic
 
@@ -128,8 +130,7 @@ class RunJob:
         self.evaluate = evaluate
 
     def __call__(self) -> dict[str, Any]:
-        if not logging.getLogger().handlers:  # the job's own process: its log goes to the job's stderr file
-            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s (%(asctime)s) - %(message)s")
+        setup_logging()  # the job's own process: its log goes to the job's stderr file
         env = submitit.JobEnvironment()
         set_distributed_env(env)
         os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))

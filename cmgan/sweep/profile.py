@@ -17,7 +17,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import submitit
 from submitit.core.job_environment import JobEnvironment
 
+from cmgan import files
 from cmgan.config import ConfigError, from_dict
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ClusterProfile:
         """Ranks of one run (all nodes)."""
         return self.nodes * self.tasks_per_node
 
-    def with_resources(self, resources: dict[str, Any], where: str = "resources") -> "ClusterProfile":
+    def with_resources(self, resources: dict[str, Any], where: str = "resources") -> ClusterProfile:
         """A copy with some fields replaced (a sweep's or a run's `resources` table), validated again."""
         names = {f.name for f in dataclasses.fields(self)} - {"name"}
         unknown = set(resources) - names
@@ -154,10 +154,7 @@ def load_profile(name_or_path: str | Path) -> ClusterProfile:
     if not path.is_file():
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
         raise ConfigError(f"cluster profile {name_or_path!r} not found ({path}); known profiles: {known}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"cluster profile {path} is not valid TOML: {e}") from None
+    data = files.read_toml(path, "cluster profile", ConfigError)
     data.setdefault("name", path.stem)
     try:
         return profile_from_dict(data)
@@ -205,7 +202,7 @@ def default_profile_name() -> str:
 
 def make_executor(profile: ClusterProfile, folder: str | Path, job_name: str = "cmgan") -> submitit.Executor:
     """A submitit executor for `profile`; the backend is always named explicitly, because AutoExecutor picks
-    SLURM whenever `srun` is on PATH, even where no controller runs (shared ENV.md)."""
+    SLURM whenever `srun` is on PATH, even where no controller runs (docs/cluster.md)."""
     folder = Path(folder)
     if profile.gpus_per_node > profile.tasks_per_node:
         log.warning("profile %s: %d GPUs per node but %d task(s): %d GPU(s) per node stay idle; set tasks_per_node "

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmgan import files
+
 STATUSES = ("pending", "submitting", "submitted", "running", "done", "failed")
 ACTIVE = ("submitting", "submitted", "running")
 
@@ -70,7 +72,7 @@ class RunState:
     updated_at: float = 0.0
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -89,14 +91,8 @@ class RunState:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The sweep's JSON files (indent 2; values JSON cannot hold written as strings), atomic (cmgan.files)."""
+    files.write_json(path, data, indent=2, default=str)
 
 
 class StateStore:
@@ -137,7 +133,7 @@ class SweepLock:
         self.path = Path(sweep_dir) / ".lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

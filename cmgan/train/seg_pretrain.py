@@ -29,7 +29,12 @@ from cmgan.models.segmentation import SegUNet
 from cmgan.train import distributed, rundir
 from cmgan.train.monitor import Monitor
 from cmgan.train.state import (
-    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all,
+    capture_rng,
+    isolated_start,
+    parameter_digest,
+    rank_seed,
+    restore_rng,
+    seed_all,
 )
 from cmgan.train.stop import StopFlag
 

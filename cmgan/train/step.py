@@ -9,7 +9,7 @@ only compute. Nothing is stored on an object between calls.
 Segmenter S: frozen, eval mode, under no_grad, once per image per step. `objective.translate` runs it on the
 batch [x, gray(y), F(y)] that G receives, so its two maps feed G for G(x), the identity image G(gray(y)) and the
 cycle G(F(y)) without recomputation. For G(F(y)), S sees F(y) under no_grad: the cycle's gradient reaches F
-through G's image input only, not through S's features. S is a fixed anatomical prior (MODEL.md), and
+through G's image input only, not through S's features. S is a fixed anatomical prior (docs/method.md), and
 differentiating through it would cost a second S forward with a graph and a backward per step.
 
 Precision: networks run under `autocast` (bf16/fp16 or nothing); every loss term is computed in float32

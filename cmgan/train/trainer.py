@@ -38,7 +38,12 @@ from cmgan.train.image_pool import ImagePool
 from cmgan.train.monitor import Monitor, sample_grid
 from cmgan.train.schedule import report_lr
 from cmgan.train.state import (
-    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all,
+    capture_rng,
+    isolated_start,
+    parameter_digest,
+    rank_seed,
+    restore_rng,
+    seed_all,
 )
 from cmgan.train.step import StepNets, all_finite, discriminator_forward, generator_forward
 from cmgan.train.stop import StopFlag
@@ -155,7 +160,7 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
     batches = isolated_start(iter(stream))
     monitor = Monitor(paths.root, tc.steps, step, backend.is_main)
     clock = rundir.SaveClock(tc.ckpt_every_minutes)
-    nets, gen, disc = parts.nets, parts.gen, parts.disc
+    gen, disc = parts.gen, parts.disc
     raw = [gen.raw["G"], gen.raw["F"], disc.raw["Dx"], disc.raw["Dy"]]
     last: dict[str, float] = {}
     last_ckpt: Path | None = resume_from

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cmgan import files
 from cmgan.config import EvalConfig
 from cmgan.data import schema
 from cmgan.eval import evaluator, reference, slices
@@ -137,7 +138,7 @@ def test_fid_is_reported_unavailable_without_weights_and_other_metrics_still_run
 
 def test_result_json_is_written_atomically_and_strict(tmp_path):
     result = evaluator.evaluate_batches(toy_colorize, slices.mr_batches(make_samples(3), 4), EvalConfig())
-    path = evaluator.write_json(tmp_path / "m" / "metrics.json", result)
+    path = files.write_json(tmp_path / "m" / "metrics.json", result, allow_nan=False)  # as evaluate() writes it
     assert json.loads(path.read_text()) == result  # strict JSON (NaN would have been refused)
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from cmgan.config import EvalConfig
-from cmgan.eval import evaluator, inception, reference
+from cmgan.eval import evaluator, reference
 from cmgan.export import load_export
+from cmgan.files import sha256_file
 
 
 def test_real_statistics_are_cached_under_a_key_of_data_and_weights(tmp_path, demo_shards, demo_run, fid_weights):
@@ -26,7 +27,7 @@ def test_real_statistics_are_cached_under_a_key_of_data_and_weights(tmp_path, de
     model, _ = reference.load_fid_model(cfg)
     key = reference.real_stats_key(demo_shards / "color", ["train"], model, cfg)
     assert key["weights_sha256"] == first["settings"]["fid"]["weights_sha256"]
-    assert key["manifest_sha256"] == inception.file_sha256(demo_shards / "color" / "manifest.json")
+    assert key["manifest_sha256"] == sha256_file(demo_shards / "color" / "manifest.json")
     assert Path(first["settings"]["fid"]["real"]["cache"]).is_file()
     # A reference set without images: FID unavailable with the reason, the other metrics still measured.
     empty = evaluator.evaluate(export, demo_shards / "mr", demo_shards / "color",

@@ -1,4 +1,4 @@
-"""cmgan.models.generator: the trunk of MODEL.md, spectral norm everywhere but the head, the fusion modes."""
+"""cmgan.models.generator: the trunk of docs/method.md, spectral norm everywhere but the head, the fusion modes."""
 
 import pytest
 import torch

@@ -8,8 +8,8 @@ import pytest
 import submitit
 
 from cmgan.config import load_config
-from cmgan.sweep import RunJob
 from cmgan.distenv import master_port
+from cmgan.sweep import RunJob
 from cmgan.sweep.job import set_distributed_env, train_status
 
 

@@ -22,6 +22,7 @@ def test_every_shipped_profile_loads():
     assert load_profile("subprocess").cluster == "local"
 
 
+@pytest.mark.slurm  # submitit's SLURM executor needs `srun` on the PATH, even to write a batch script
 def test_a_gpu_cluster_profile_becomes_the_matching_sbatch_flags(tmp_path):
     text = sbatch_text(load_profile("example-gpu").with_resources({"additional": {"mail-type": "END"}}), tmp_path)
     for flag in ("--partition=gpu", "--account=my-lab", "--qos=normal", "--nodes=1", "--ntasks-per-node=4",
@@ -34,6 +35,7 @@ def test_a_gpu_cluster_profile_becomes_the_matching_sbatch_flags(tmp_path):
     assert "--kill-on-bad-exit=1" in srun  # one failed rank ends the step instead of a wait for NCCL's watchdog
 
 
+@pytest.mark.slurm
 def test_the_local_test_cluster_profile_requests_no_gpus_memory_or_account(tmp_path):
     text = sbatch_text(load_profile("local"), tmp_path)
     assert "#SBATCH --partition=debug\n" in text and "#SBATCH --signal=USR2@90\n" in text
@@ -41,6 +43,7 @@ def test_the_local_test_cluster_profile_requests_no_gpus_memory_or_account(tmp_p
         assert absent not in text, absent
 
 
+@pytest.mark.slurm
 def test_another_preemption_signal_is_requested_from_slurm_and_handled_in_the_job(tmp_path):
     text = sbatch_text(load_profile("local").with_resources({"signal": "USR1", "signal_delay_s": 120}), tmp_path)
     assert "#SBATCH --signal=USR1@120\n" in text

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-
 from rich.console import Console
 
 from cmgan.sweep import RunState, collect_rows, render_table, write_results

@@ -1,5 +1,4 @@
 import pytest
-
 import torch
 
 from cmgan.config import ConfigError, load_config
