@@ -9,9 +9,9 @@ import torch
 
 from cmgan import checkpoint
 from cmgan.train import distributed
-from cmgan.train.trainer import _accumulate_step, build, train
+from cmgan.train.trainer import build, train
 
-from .conftest import REPO, TRAIN_SCRIPT, subprocess_env, tiny_config, tiny_overrides
+from .conftest import REPO, TRAIN_SCRIPT, one_step_conv_dtypes, subprocess_env, tiny_config, tiny_overrides
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow
@@ -43,15 +43,8 @@ def test_a_deepspeed_step_runs_the_generator_in_bf16(demo_shards, tmp_path):
         parts = build(cfg, backend)
         engine = parts.gen.engine
         assert engine.torch_autocast_enabled() and engine.torch_autocast_dtype() == torch.bfloat16
-        seen = []
-        conv = next(m for m in parts.gen.raw["G"].modules() if isinstance(m, torch.nn.Conv2d))
-        hook = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-        from cmgan.data.pipeline import UnpairedStream
-
-        batches = iter(UnpairedStream(cfg.data, cfg.model.image_size, 0, 1, cfg.train.seed))
-        _, terms, nonfinite, _ = _accumulate_step(cfg, backend, parts, batches)
-        hook.remove()
-        assert seen and set(seen) == {torch.bfloat16}
+        seen, terms, nonfinite = one_step_conv_dtypes(cfg, backend, parts)
+        assert seen == {torch.bfloat16}
         assert not bool(nonfinite) and all(v.dtype == torch.float32 for v in terms.values())  # losses in fp32
         # Weights, gradients and optimizer states stay float32 (autocast only), as with ddp.
         assert all(p.dtype == torch.float32 for p in parts.gen.raw["G"].parameters())

@@ -6,7 +6,7 @@ import torch
 from cmgan.train import distributed
 from cmgan.train.trainer import _accumulate_step, build, train
 
-from .conftest import tiny_config
+from .conftest import one_step_conv_dtypes, tiny_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none visible here)")]
@@ -21,16 +21,9 @@ def activation_dtypes(cfg):
     backend = distributed.setup(cfg.train, cfg.data.batch_size)
     try:
         parts = build(cfg, backend)
-        seen = []
-        conv = next(m for m in parts.gen.raw["G"].modules() if isinstance(m, torch.nn.Conv2d))
-        hook = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-        from cmgan.data.pipeline import UnpairedStream
-
-        batches = iter(UnpairedStream(cfg.data, cfg.model.image_size, 0, 1, cfg.train.seed))
-        _, terms, nonfinite, _ = _accumulate_step(cfg, backend, parts, batches)
-        hook.remove()
+        seen, _, nonfinite = one_step_conv_dtypes(cfg, backend, parts)
         assert not bool(nonfinite) and backend.device.type == "cuda"
-        return set(seen), parts
+        return seen, parts
     finally:
         backend.close()
 
