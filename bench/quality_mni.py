@@ -212,7 +212,7 @@ def score_volume(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, tissue: 
     returns QualityAccumulator's figures (ssim_fg, psnr_fg, ssim, psnr, mi, separation_ab, flicker_ab, slices),
     grid_ssim_fg / grid_psnr_fg against grid_image, and tissue_lab {tissue: [L, a, b]} (mean inside the brain).
     """
-    from cmgan.colorize.consistency import rgb_to_lab
+    from cmgan.colorspace import srgb8_to_lab as rgb_to_lab
     from cmgan.data.normalize import take_slice
     from cmgan.eval.quality import QualityAccumulator
     from cmgan.eval.slices import SliceBatch

@@ -72,7 +72,7 @@ def test_a_failure_on_one_rank_is_raised_on_every_rank(tmp_path):
     own = (tmp_path / "rank1.txt").read_text()
     other = (tmp_path / "rank0.txt").read_text()
     assert own.startswith("ValueError: the generator produced NaN") and "subjA_0003" in own
-    assert other.startswith("RuntimeError: evaluation failed on another rank: rank 1: ValueError")
+    assert other.startswith("RuntimeError: failed on another rank: rank 1: ValueError")
 
 
 def test_aggregates_are_the_means_of_per_slice_metrics():
