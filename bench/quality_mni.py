@@ -158,7 +158,7 @@ def segmenter(cfg, shards: Path) -> dict[str, Any]:
     seconds = time.time() - t0
     if summary["status"] != "completed":
         raise RuntimeError(f"S pretraining ended {summary['status']}")
-    S, _ = load_segmenter(summary["export"], cfg.model)
+    S, _, _ = load_segmenter(summary["export"], cfg.model)
     counts = torch.zeros(cfg.model.seg_classes, 2, dtype=torch.float64)
     samples = list(read_split(shards, "train", keys=(schema.MR_KEY, schema.LABEL_KEY)))
     with torch.inference_mode():

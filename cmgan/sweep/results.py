@@ -73,6 +73,10 @@ def collect_rows(states: list[RunState]) -> list[dict[str, Any]]:
         if s.status == "running" and s.run_dir:
             row["steps"] = current_step(s.run_dir) or ""
         row.update(_metric_values(s.metrics))
+        # S's per-class validation Dice (train summary): a weak S makes the fusion meaningless.
+        for name, dice in (train.get("seg_dice") or {}).items():
+            if name != "background" and isinstance(dice, (int, float)):
+                row[f"S dice {name}"] = round(float(dice), 3)
         note = ""
         if s.metrics and s.metrics.get("available") is False:
             note = str(s.metrics.get("reason", "unavailable"))

@@ -1,7 +1,7 @@
 """Segmentation pretraining of S (Dice + cross-entropy) on labelled MR shards, and its frozen export.
 
     summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt
-    S, normalization = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
+    S, normalization, dice = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
 
 Runs on the same distributed seam as the CycleGAN (DDP; the segmenter is small, DeepSpeed is not used here),
 with the same checkpoints, stop signals and resume. Validation computes hard Dice per class on the val split
@@ -110,10 +110,13 @@ def save_seg_export(path: str | Path, *, model: ModelConfig, state: dict, normal
     return path
 
 
-def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | str = "cpu") -> tuple[SegUNet, dict]:
-    """The exported S, frozen (eval mode, requires_grad False) on `device`, and the normalization it was trained
-    with. The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width
-    depends on it); a mismatch raises an error naming the values to set."""
+def load_segmenter(
+    path: str | Path, model: ModelConfig, device: torch.device | str = "cpu"
+) -> tuple[SegUNet, dict, dict[str, float]]:
+    """The exported S, frozen (eval mode, requires_grad False) on `device`, the normalization it was trained
+    with, and its per-class validation Dice ({class name: Dice}; empty when it had no validation split).
+    The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width depends on
+    it); a mismatch raises an error naming the values to set."""
     path = Path(path)
     if path.is_dir():
         path = path / SEG_EXPORT
@@ -136,7 +139,7 @@ def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | 
     S = build_segmenter(model)
     S.load_state_dict(payload["state_dict"])
     S.eval().requires_grad_(False)
-    return S.to(device), dict(payload.get("normalization") or {})
+    return S.to(device), dict(payload.get("normalization") or {}), dict(payload.get("val_dice") or {})
 
 
 # ---------------------------------------------------------------------------------------------- validation

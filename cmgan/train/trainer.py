@@ -69,6 +69,8 @@ class Parts:
     pool_y: ImagePool
     ema: EMA | None
     seg_normalization: dict
+    seg_dice: dict
+    """S's per-class validation Dice from its export (reported in the summary: a weak S makes the fusion moot)."""
     lr: float
     """The base learning rate both optimizers start from (after scaling with the global batch)."""
 
@@ -77,7 +79,7 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
     """Networks (identical initialization on every rank), S, optimizers through the seam, pools, EMA."""
     seed_all(cfg.train.seed)
     G, F, Dx, Dy = (backend.place(n) for n in build_networks(cfg.model))
-    S, seg_norm = None, {}
+    S, seg_norm, seg_dice = None, {}, {}
     if cfg.model.fusion != "none":
         from cmgan.train.seg_pretrain import load_segmenter
 
@@ -86,7 +88,7 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
                 f"model.fusion={cfg.model.fusion!r} needs the frozen segmenter: set train.seg_checkpoint to the "
                 "export of `python launch/train.py --stage seg` (<seg.run_dir>/export/seg.pt), or model.fusion=none"
             )
-        S, seg_norm = load_segmenter(cfg.train.seg_checkpoint, cfg.model)
+        S, seg_norm, seg_dice = load_segmenter(cfg.train.seg_checkpoint, cfg.model)
         S = backend.place(S)  # never through DDP: it has no trainable parameters
     lr = report_lr(cfg.optim, backend.global_batch, backend.is_main)  # logged; warns when beyond a sane bound
     gen = backend.prepare("generators", {"G": G, "F": F}, lr, cfg.optim, cfg.train.steps)
@@ -102,7 +104,7 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
     ema = EMA(G, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     # From here on each rank draws its own numbers (the networks above are identical on every rank).
     seed_all(rank_seed(cfg.train.seed, rank))
-    return Parts(gen, disc, nets, S, pools[0], pools[1], ema, seg_norm, lr)
+    return Parts(gen, disc, nets, S, pools[0], pools[1], ema, seg_norm, seg_dice, lr)
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
@@ -268,7 +270,7 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
     summary = {"status": status, "stage": "cyclegan", "steps": step, "start_step": start_step,
                "run_dir": str(paths.root), "export": export, "checkpoint": str(last_ckpt) if last_ckpt else None,
                "losses": last, "world_size": backend.world_size, "signal": signal_name, "lr": parts.lr,
-               "precision": backend.precision}
+               "precision": backend.precision, "seg_dice": parts.seg_dice}
     if backend.is_main:
         checkpoint.write_json(summary, paths.root / "summary.json")
     return summary

@@ -122,3 +122,12 @@ def test_the_paper_preset_puts_the_paper_pair_first_and_labels_it():
     assert metric_order(rows) == ["ssim", "psnr", "ssim_paper", "psnr_paper", "fid"]
     assert metric_order([{**rows[0], "preset": "paper"}])[:2] == ["ssim_paper", "psnr_paper"]
     assert "paper" in LABELS["ssim_paper"][0] and "paper" not in LABELS["ssim"][0]
+
+
+def test_rows_show_the_segmenters_per_class_dice_beside_the_metrics():
+    state = RunState("s", status="done", attempts=1, metrics={"ssim": 0.8},
+                     result={"train": {"steps": 3, "seg_dice": {"background": 0.99, "cortex": 0.91,
+                                                                "subcortical_gm": 0.0}}})
+    row = collect_rows([state])[0]
+    assert row["S dice cortex"] == 0.91 and row["S dice subcortical_gm"] == 0.0
+    assert "S dice background" not in row  # the background says nothing about the tissue features G reads

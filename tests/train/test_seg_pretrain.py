@@ -38,9 +38,10 @@ def test_pretrained_segmenter_is_exported_frozen_and_feeds_the_colorization_run(
     export = tmp_path / "seg" / "export" / "seg.pt"
     assert summary["export"] == str(export)
 
-    S, normalization = load_segmenter(export, cfg.model)
+    S, normalization, dice = load_segmenter(export, cfg.model)
     assert not S.training and not any(p.requires_grad for p in S.parameters())
     assert normalization["method"] == "percentile"
+    assert dice == summary["val_dice"] and set(dice) >= {"background", "white_matter"}
     with pytest.raises(SegExportError, match="model.seg_width=4"):
         load_segmenter(export, load_config(None, ["model.seg_width=8"]).model)
 
@@ -48,6 +49,7 @@ def test_pretrained_segmenter_is_exported_frozen_and_feeds_the_colorization_run(
                                          "train.steps=2", "train.ckpt_every_steps=0"])
     result = train(gan)
     assert result["status"] == "completed"
+    assert result["seg_dice"] == dice  # S's quality travels with the run it conditions
     colorizer = load_export(result["export"], autocast=None)
     assert colorizer.segmenter is not None
     assert colorizer.colorize(torch.full((1, 1, 32, 32), -1.0)).shape == (1, 3, 32, 32)
