@@ -36,11 +36,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cmgan import checkpoint  # noqa: E402
+from cmgan import (
+    checkpoint,  # noqa: E402
+    precision,  # noqa: E402
+)
 from cmgan.config import load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
 from cmgan.data.manifest import read_manifest  # noqa: E402
-from cmgan.eval import fid  # noqa: E402
+from cmgan.eval import fid, structure  # noqa: E402
 from cmgan.eval.quality import QualityAccumulator  # noqa: E402
 from cmgan.eval.reference import load_fid_model, real_statistics  # noqa: E402
 from cmgan.eval.slices import MR_MEMBERS, mr_batches, read_samples  # noqa: E402
@@ -66,8 +69,8 @@ def _generator(cfg, state: dict, use_ema: bool) -> torch.nn.Module:
 
 def score(cfg, G, S, fid_model, real, label_names) -> dict[str, Any]:
     """Colorize the MR test split with G (S's features when G fuses them) and measure it."""
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-                else contextlib.nullcontext())
+    dtype = precision.DTYPES[precision.resolve(cfg.train.precision, "cpu", fp16_ok=False)]
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     acc = QualityAccumulator(label_names, fg_dilate=2)
     feats = fid.FeatureStats(cfg.eval.fid_dims) if fid_model is not None else None
     samples = read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size)
@@ -111,8 +114,7 @@ def oracles(cfg, label_names) -> dict[str, Any]:
     palette = sums / counts.clamp_min(1).unsqueeze(1)
 
     def with_input_luma(rgb: torch.Tensor, mr: torch.Tensor) -> torch.Tensor:
-        luma = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]).unsqueeze(1)
-        return (rgb + (mr.double() + 1) / 2 - luma).clamp(0, 1)
+        return (rgb + (mr.double() + 1) / 2 - structure.luminance(rgb)).clamp(0, 1)
 
     out = {}
     for name in ("truth", "truth_chroma_input_luma", "palette", "palette_input_luma"):
@@ -141,8 +143,8 @@ def figure(cfg, G, S, path: Path, count: int = 6) -> None:
     with torch.inference_mode():
         x = batch.mr.contiguous(memory_format=torch.channels_last)
         rgb = G(x, S.features(x) if S is not None else None).float().clamp(-1, 1)
-    u8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
-    luma = (0.299 * rgb[:, :1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:]).expand(-1, 3, -1, -1)
+    u8 = lambda t: fid.to_uint8(t).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    luma = structure.luminance(rgb).expand(-1, 3, -1, -1)
     cols = [u8(batch.mr.expand(-1, 3, -1, -1)), u8(rgb), u8(luma)]
     if batch.truth is not None:
         cols.append(batch.truth.numpy())
@@ -180,10 +182,11 @@ def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: i
     for ckpt in sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1])):
         state, _ = checkpoint.load(ckpt, 0)
         row = {"step": int(state["step"]), "wall_s": round((ckpt / checkpoint.COMPLETE).stat().st_mtime - t0, 1)}
-        row.update(score(cfg, _generator(cfg, state, use_ema), S, fid_model, real, label_names))
+        G = _generator(cfg, state, use_ema)
+        row.update(score(cfg, G, S, fid_model, real, label_names))
         rows.append(row)
         if figure_path is not None and ckpt.name.endswith(f"{steps:08d}"):
-            figure(cfg, _generator(cfg, state, use_ema), S, figure_path)
+            figure(cfg, G, S, figure_path)
         print(json.dumps({"seed": seed, **{k: row.get(k) for k in CURVE if k in row}, "step": row["step"]}),
               file=sys.stderr, flush=True)
     return rows

@@ -27,13 +27,8 @@ import numpy as np
 import torch
 
 from cmgan.colorize.consistency import slice_consistency
-from cmgan.eval import color, structure
+from cmgan.eval import color, fid, structure
 from cmgan.eval.slices import SliceBatch
-
-
-def _to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
-    return ((rgb.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class QualityAccumulator:
@@ -79,7 +74,7 @@ class QualityAccumulator:
                 de = color.ciede2000(lab, t_lab).flatten().numpy()
                 self.de_sum += np.bincount(flat, weights=de, minlength=len(self.count))
                 self.de_count += np.bincount(flat, minlength=len(self.count))
-        out8 = _to_uint8(rgb)
+        out8 = fid.to_uint8(rgb).permute(0, 2, 3, 1).numpy()  # (B, H, W, 3), as a PNG of the output holds
         truth8 = batch.truth.numpy() if batch.truth is not None else None
         for i, (key, subject) in enumerate(zip(batch.keys, batch.subjects)):
             self.slices.setdefault(subject, []).append(
