@@ -36,10 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cmgan import (
-    checkpoint,  # noqa: E402
-    precision,  # noqa: E402
-)
+from cmgan import checkpoint, precision  # noqa: E402
 from cmgan.config import load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
 from cmgan.data.manifest import read_manifest  # noqa: E402
