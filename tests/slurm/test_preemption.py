@@ -81,7 +81,7 @@ def test_runs_preempted_by_a_higher_priority_job_usr2_and_requeue_resume_and_mat
     for name in names:
         s = final[name]
         assert s.status == "done", (name, s.error)
-        assert s.job_id == job[name] and s.attempts == 1, "resumed by requeue, not by a new submission"
+        assert s.job_id == job[name] and s.attempts == 1, f"{name} was resubmitted, not requeued: {s.history}"
         train = s.result["train"]
         assert train["status"] == "completed" and train["steps"] == STEPS
         assert s.result["restarts"] >= (1 if name == "urgent" else 2), (name, s.result["restarts"])
@@ -96,17 +96,19 @@ def test_runs_preempted_by_a_higher_priority_job_usr2_and_requeue_resume_and_mat
 
 @pytest.mark.slow
 def test_a_run_past_its_time_limit_requeues_itself_and_finishes(tmp_path, toy_env, local_profile, monkeypatch):
-    # SLURM checks time limits every 30 s and signals once `now + signal_delay + 30 s >= end`: with a 1-minute limit
-    # and the signal 30 s ahead that is the first check after the start, 0-30 s into every job. A run needing 33 s
-    # of training therefore cannot finish inside one job. The toy trainer starts in ~2 s (the real one needs ~10 s
-    # on this shared 2-core box, which a signal that early would often catch before its first step).
+    # SLURM checks time limits every 30 s and signals once `now + signal_delay + 30 s >= end`: with a 2-minute limit
+    # and the signal 60 s ahead that is the first check at least 30 s into the job, 30-60 s into every start. A
+    # run needing 66 s of training therefore cannot finish inside one start. The signal must not come earlier: a
+    # job installs submitit's handler only once its Python has imported torch (seconds on a loaded 2-core box),
+    # and a USR2 before that kills the job, which the sweep then resubmits as a new attempt instead of a requeue.
     monkeypatch.setenv("CMGAN_TOY_STEP_S", "1.1")
-    steps = 30
-    profile = local_profile.with_resources({"time_min": 1, "signal_delay_s": 30, "max_requeues": 10})
+    steps = 60
+    profile = local_profile.with_resources({"time_min": 2, "signal_delay_s": 60, "max_requeues": 10})
     sweep = toy_sweep(tmp_path, toy_env, [{"name": "long"}], steps=steps, name="timelimit")
-    (s,) = run_sweep(sweep, profile, timeout_s=240)
+    (s,) = run_sweep(sweep, profile, timeout_s=600)
     assert s.status == "done", s.error
-    assert s.result["train"]["step"] == steps and s.attempts == 1
+    assert s.result["train"]["step"] == steps
+    assert s.attempts == 1, f"resubmitted instead of requeued; earlier attempts: {s.history}"
     assert s.result["restarts"] >= 1
     # A signal that lands before the loop starts (imports) has nothing new to save; the others save progress.
     resumed = [r["start_step"] for r in starts(sweep, "long") if r["restart"] > 0]
