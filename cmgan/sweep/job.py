@@ -115,6 +115,21 @@ def slurm_job_state(job_ref: str) -> str:
     return m.group(1) if m else ""
 
 
+def limit_threads(n: int) -> None:
+    """Keep this rank's CPU threads to the `n` cores the job was given (`cpus_per_task`).
+
+    torch otherwise starts one OpenMP thread per core of the machine in every rank: several runs of a sweep on one
+    node (the `subprocess` profile, or SLURM packing jobs) then oversubscribe the cores, and OpenMP threads that
+    wait at barriers for a descheduled sibling made a 5-run sweep on 2 cores 9x slower per step than 1 thread
+    each. Setting OMP_NUM_THREADS here would be too late: torch was imported when the job was unpickled.
+    """
+    import torch
+
+    n = max(1, n)
+    os.environ["OMP_NUM_THREADS"] = str(n)  # for processes this rank starts (data-loader workers, evaluators)
+    torch.set_num_threads(n)
+
+
 class RunJob:
     """One run of a sweep as a checkpointable submitit callable (picklable; holds only the config).
 
@@ -123,17 +138,19 @@ class RunJob:
     reports a non-resumable stop (e.g. a non-finite loss).
     """
 
-    def __init__(self, cfg: RunConfig, entry: str, max_requeues: int = 10, evaluate: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, entry: str, max_requeues: int = 10, evaluate: bool = True,
+                 threads: int = 1) -> None:
         self.cfg = cfg
         self.entry = entry
         self.max_requeues = max_requeues
         self.evaluate = evaluate
+        self.threads = threads
 
     def __call__(self) -> dict[str, Any]:
         setup_logging()  # the job's own process: its log goes to the job's stderr file
         env = submitit.JobEnvironment()
         set_distributed_env(env)
-        os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        limit_threads(int(os.environ.get("SLURM_CPUS_PER_TASK") or self.threads))
         run_dir = Path(self.cfg.train.run_dir)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         log.info("run %s: rank %d/%d, restart %d", run_dir.name, env.global_rank, env.num_tasks, restarts)
@@ -171,7 +188,7 @@ class RunJob:
         The trainer already saved (collectively, at a step boundary) or saves on its schedule; a collective save
         here would hang, so this only hands back a fresh submission that resumes from the run directory.
         """
-        return DelayedSubmission(RunJob(self.cfg, self.entry, self.max_requeues, self.evaluate))
+        return DelayedSubmission(RunJob(self.cfg, self.entry, self.max_requeues, self.evaluate, self.threads))
 
     def _interrupted(self, env: submitit.JobEnvironment, result: Any, restarts: int) -> dict[str, Any]:
         """The trainer saved and stopped early: get the job requeued, or report it when the budget is spent."""

@@ -59,7 +59,8 @@ class ClusterProfile:
     """GPUs per node (`--gpus-per-node`); 0 requests none (CPU clusters, the local test cluster). With
     cluster = "local", 0 means the GPUs this machine has (all those the sweep itself sees)."""
     cpus_per_task: int = 1
-    """CPU cores per rank (data-loading workers + the training thread)."""
+    """CPU cores per rank (`--cpus-per-task`); also the rank's torch threads (`cmgan.sweep.job.limit_threads`),
+    so runs packed on one node, or the `subprocess` profile's side-by-side runs, do not oversubscribe it."""
     mem_gb: float = 0.0
     """Memory per node in GB (`--mem`); 0: the partition's default."""
     time_min: int = 60

@@ -165,7 +165,8 @@ class SweepRunner:
             state.error = None
             self.store.save(state)  # written before sbatch: a crash from here on is resolved by `token`
         ex = make_executor(prof, self.folder, job_name=token)
-        fns = [RunJob(run.cfg, self.sweep.entry, prof.max_requeues, self.evaluate) for run, _, _ in group]
+        fns = [RunJob(run.cfg, self.sweep.entry, prof.max_requeues, self.evaluate, prof.cpus_per_task)
+               for run, _, _ in group]
         try:
             with preempt_signal(prof.signal):
                 if len(fns) > 1:

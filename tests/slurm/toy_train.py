@@ -66,7 +66,8 @@ def train(cfg: RunConfig) -> dict:
     restart = int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0)
     with open(run_dir / "starts.jsonl", "a") as f:
         f.write(json.dumps({"rank": rank, "world": world, "start_step": step, "restart": restart,
-                            "port": os.environ.get("MASTER_PORT"), "job": os.environ.get("SLURM_JOB_ID")}) + "\n")
+                            "port": os.environ.get("MASTER_PORT"), "job": os.environ.get("SLURM_JOB_ID"),
+                            "threads": torch.get_num_threads()}) + "\n")
     step_s = float(os.environ.get("CMGAN_TOY_STEP_S", "0.1"))
     status = "done"
     loss = torch.zeros(())

@@ -46,11 +46,11 @@ def test_distributed_environment_comes_from_the_scheduler_without_overriding_wha
 
 def test_checkpoint_hands_back_a_fresh_submission_of_the_same_run_without_touching_disk(tmp_path):
     cfg = load_config(None, [f"train.run_dir='{tmp_path / 'run'}'"])
-    job = RunJob(cfg, "cmgan.train.trainer:train", max_requeues=4)
+    job = RunJob(cfg, "cmgan.train.trainer:train", max_requeues=4, threads=3)
     delayed = job.checkpoint()
     again = delayed.function
     assert isinstance(again, RunJob) and again is not job
-    assert (again.cfg, again.entry, again.max_requeues) == (cfg, job.entry, 4)
+    assert (again.cfg, again.entry, again.max_requeues, again.threads) == (cfg, job.entry, 4, 3)
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the jobs import tests.slurm.toy_train
     sys.path.insert(0, str(REPO))
 
-from tests.slurm.helpers import TOY_ENTRY, reference_weights  # noqa: E402
+from tests.slurm.helpers import TOY_ENTRY, reference_weights, starts  # noqa: E402
 
 STEPS = 3
 
@@ -34,7 +34,8 @@ def test_each_seed_is_its_own_job_with_its_seed_and_reruns_skip_finished_seeds(t
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     shards = tmp_path / "shards"
     shards.mkdir()
-    profile = load_profile("subprocess").with_resources({"poll_s": 0.3})
+    # 2 cores per run: each job's torch uses exactly that many threads, whatever OMP_NUM_THREADS said
+    profile = load_profile("subprocess").with_resources({"poll_s": 0.3, "cpus_per_task": 2})
 
     first = {s.name: s for s in run_sweep(_sweep(tmp_path, shards, [0, 1]), profile, evaluate=False, timeout_s=300)}
     assert sorted(first) == ["a-s0", "a-s1", "b-s0", "b-s1"]
@@ -44,6 +45,8 @@ def test_each_seed_is_its_own_job_with_its_seed_and_reruns_skip_finished_seeds(t
     for name, s in first.items():
         assert s.result["train"]["weights"] == reference_weights(tmp_path / name, shards, STEPS, seed=s.seed), name
     assert first["a-s0"].result["train"]["weights"] != first["a-s1"].result["train"]["weights"]
+    sweep = _sweep(tmp_path, shards, [0, 1])
+    assert {r["threads"] for n in first for r in starts(sweep, n)} == {2}
 
     bigger = _sweep(tmp_path, shards, [0, 1, 2])
     plan = {item.name: item.action for item in SweepRunner(bigger, profile).plan()}
