@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cmgan import checkpoint, precision  # noqa: E402
+from cmgan.colorize.consistency import smooth_chroma  # noqa: E402
+from cmgan.colorize.luminance import keep_luminance  # noqa: E402
 from cmgan.config import load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
 from cmgan.data.manifest import read_manifest  # noqa: E402
@@ -64,19 +66,55 @@ def _generator(cfg, state: dict, use_ema: bool) -> torch.nn.Module:
     return G.to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
-def score(cfg, G, S, fid_model, real, label_names) -> dict[str, Any]:
-    """Colorize the MR test split with G (S's features when G fuses them) and measure it."""
+FINISHES = ("raw", "luma", "smooth", "luma+smooth")
+"""What is scored: G's output as is, with the input's luminance (`colorize --keep-luminance`), with chroma
+averaged over neighbouring slices (`colorize --smooth-chroma`), or both, as the colorizer applies them."""
+
+
+def finish(outputs: list[tuple[Any, torch.Tensor]], how: str, sigma: float) -> list[torch.Tensor]:
+    """Apply a colorizer finishing to G's outputs of the whole split: [(SliceBatch, (B, 3, H, W) in [-1, 1])]
+    -> the finished (B, 3, H, W) per batch. Smoothing runs per subject along its slices in key order."""
+    rgbs = [rgb for _, rgb in outputs]
+    if "luma" in how:
+        rgbs = [torch.from_numpy(keep_luminance(rgb.permute(0, 2, 3, 1).numpy(), b.mr[:, 0].numpy()))
+                .permute(0, 3, 1, 2) for (b, _), rgb in zip(outputs, rgbs)]
+    if "smooth" in how:
+        where: dict[str, list[tuple[str, int, int]]] = {}
+        for i, (b, _) in enumerate(outputs):
+            for j, (key, subject) in enumerate(zip(b.keys, b.subjects)):
+                where.setdefault(subject, []).append((key, i, j))
+        rgbs = [rgb.clone() for rgb in rgbs]
+        for rows in where.values():
+            rows.sort()
+            vol = np.stack([fid.to_uint8(rgbs[i][j : j + 1])[0].permute(1, 2, 0).numpy() for _, i, j in rows])
+            mask = np.stack([_mask(outputs[i][0])[j].numpy() for _, i, j in rows])
+            smooth = smooth_chroma(vol, mask, axis=0, sigma=sigma)
+            for (_, i, j), image in zip(rows, smooth):
+                rgbs[i][j] = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
+    return rgbs
+
+
+def _mask(batch) -> torch.Tensor:
+    return batch.mask if batch.mask is not None else batch.mr[:, 0] > -1 + 1e-6
+
+
+def score(cfg, G, S, fid_model, real, label_names, how: str = "raw", sigma: float = 1.0) -> dict[str, Any]:
+    """Colorize the MR test split with G (S's features when G fuses them), finish it (`finish`), measure it."""
     dtype = precision.DTYPES[precision.resolve(cfg.train.precision, "cpu", fp16_ok=False)]
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-    acc = QualityAccumulator(label_names, fg_dilate=2)
-    feats = fid.FeatureStats(cfg.eval.fid_dims) if fid_model is not None else None
     samples = read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size)
+    outputs = []
     with torch.inference_mode():
         for batch in mr_batches(samples, cfg.eval.batch_size):
             x = batch.mr.contiguous(memory_format=torch.channels_last)
             with autocast:
                 seg = S.features(x) if S is not None else None
-                rgb = G(x, seg).float().clamp(-1, 1)
+                outputs.append((batch, G(x, seg).float().clamp(-1, 1)))
+    acc = QualityAccumulator(label_names, fg_dilate=2)
+    feats = fid.FeatureStats(cfg.eval.fid_dims) if fid_model is not None else None
+    with torch.inference_mode():
+        for (batch, _), rgb in zip(outputs, finish(outputs, how, sigma) if how != "raw" else
+                                   [rgb for _, rgb in outputs]):
             acc.update(batch, rgb)
             if feats is not None:
                 feats.update(fid_model.features(fid.fid_input(rgb, cfg.eval.fid_quantize)))
@@ -129,9 +167,10 @@ def oracles(cfg, label_names) -> dict[str, Any]:
     return out
 
 
-def figure(cfg, G, S, path: Path, count: int = 6) -> None:
+def figure(cfg, G, S, path: Path, count: int = 6, how: str = "raw", sigma: float = 1.0) -> None:
     """A PNG a user can judge: rows of test slices (evenly spread through the test split), columns MR input |
-    colorization | its luminance | true colors (where the data have them), upscaled 3x."""
+    colorization | its luminance | (with a `luma` finish) the colorization with the input's luminance | true
+    colors (where the data have them), upscaled 3x. Smoothing needs neighbouring slices and is not shown."""
     from PIL import Image
 
     samples = list(read_samples(cfg.data.mr_shards, cfg.eval.split, 0, 1, MR_MEMBERS, cfg.eval.batch_size))
@@ -143,6 +182,8 @@ def figure(cfg, G, S, path: Path, count: int = 6) -> None:
     u8 = lambda t: fid.to_uint8(t).permute(0, 2, 3, 1).numpy()  # noqa: E731
     luma = structure.luminance(rgb).expand(-1, 3, -1, -1)
     cols = [u8(batch.mr.expand(-1, 3, -1, -1)), u8(rgb), u8(luma)]
+    if "luma" in how:
+        cols.append(u8(finish([(batch, rgb)], "luma", sigma)[0]))
     if batch.truth is not None:
         cols.append(batch.truth.numpy())
     grid = np.concatenate([np.concatenate(list(row), 1) for row in zip(*cols)], 0)
@@ -151,7 +192,8 @@ def figure(cfg, G, S, path: Path, count: int = 6) -> None:
 
 
 def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: int, out: Path,
-             use_ema: bool, rescore: bool = False, figure_path: Path | None = None) -> list[dict[str, Any]]:
+             use_ema: bool, rescore: bool = False, figure_path: Path | None = None, how: str = "raw",
+             sigma: float = 1.0) -> list[dict[str, Any]]:
     from cmgan.train.seg_pretrain import load_segmenter
     from cmgan.train.trainer import train
 
@@ -180,10 +222,10 @@ def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: i
         state, _ = checkpoint.load(ckpt, 0)
         row = {"step": int(state["step"]), "wall_s": round((ckpt / checkpoint.COMPLETE).stat().st_mtime - t0, 1)}
         G = _generator(cfg, state, use_ema)
-        row.update(score(cfg, G, S, fid_model, real, label_names))
+        row.update(score(cfg, G, S, fid_model, real, label_names, how, sigma))
         rows.append(row)
         if figure_path is not None and ckpt.name.endswith(f"{steps:08d}"):
-            figure(cfg, G, S, figure_path)
+            figure(cfg, G, S, figure_path, how=how, sigma=sigma)
         print(json.dumps({"seed": seed, **{k: row.get(k) for k in CURVE if k in row}, "step": row["step"]}),
               file=sys.stderr, flush=True)
     return rows
@@ -236,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", help="PNG of test slices colorized by seed 0's last checkpoint (input | output | "
                    "its luminance | truth)")
     p.add_argument("--rescore", action="store_true", help="score the checkpoints already in --out; train nothing")
+    p.add_argument("--finish", default="raw", choices=FINISHES,
+                   help="score G's output as is (raw), with the input's luminance (luma: colorize "
+                   "--keep-luminance), chroma-smoothed over slices (smooth: colorize --smooth-chroma) or both")
+    p.add_argument("--smooth-sigma", type=float, default=1.0, help="Gaussian sigma in slices of --finish smooth")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("CMGAN_THREADS", torch.get_num_threads())))
@@ -253,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).absolute()
     t0 = time.time()
     jobs = [(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore,
-             Path(args.figure) if args.figure and s == 0 else None) for s in range(args.seeds)]
+             Path(args.figure) if args.figure and s == 0 else None, args.finish, args.smooth_sigma)
+            for s in range(args.seeds)]
     if args.jobs > 1:  # seeds in parallel processes, the threads split between them
         threads = max(1, torch.get_num_threads() // args.jobs)
         ctx = multiprocessing.get_context("spawn")
@@ -266,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "quality", "config": str(args.config), "overrides": overrides, "seeds": args.seeds,
         "steps": steps, "image_size": cfg.model.image_size, "width": cfg.model.width,
         "batch": cfg.data.batch_size, "threads": torch.get_num_threads(),
-        "ema": cfg.train.ema_decay > 0 and not args.no_ema, "curve": curve, "targets": targets_met(curve[-1]),
+        "ema": cfg.train.ema_decay > 0 and not args.no_ema, "finish": args.finish,
+        "smooth_sigma": args.smooth_sigma if "smooth" in args.finish else None, "curve": curve,
+        "targets": targets_met(curve[-1]),
         "oracles": oracles(cfg, _label_names(cfg)), "total_s": round(time.time() - t0, 1),
         "per_seed": per_seed,
     }

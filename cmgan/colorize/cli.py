@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slicing axis of the RAS+ volume (default: the export's, else 2 = axial)")
     p.add_argument("--smooth-chroma", type=float, default=0.0, metavar="SIGMA",
                    help="average chroma over neighbouring slices (Gaussian sigma in slices; 0 = off, default)")
+    p.add_argument("--keep-luminance", action="store_true",
+                   help="keep the input's brightness: output luma = the normalized MR, chroma as predicted "
+                   "(structure of the input kept exactly; see docs/quality.md)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=int, default=None,
@@ -66,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = ColorizeOptions(
             checkpoint=args.checkpoint, inputs=tuple(args.inputs), out=args.out,
             formats=tuple(f.strip() for f in args.format.split(",") if f.strip()), shard=args.shard,
-            batch=args.batch, axis=args.axis, smooth_chroma=args.smooth_chroma, precision=args.precision,
+            batch=args.batch, axis=args.axis, smooth_chroma=args.smooth_chroma,
+            keep_luminance=args.keep_luminance, precision=args.precision,
             device=args.device, threads=args.threads, max_voxels=args.max_voxels,
             montage_slices=args.montage_slices,
         )

@@ -83,6 +83,8 @@ class ColorizeOptions:
     """Slicing axis of the canonical volume (0 sagittal, 1 coronal, 2 axial); None: the export's (else 2)."""
     smooth_chroma: float = 0.0
     """Neighbour-slice context: Gaussian sigma (in slices) of chroma averaging along the axis; 0 = off."""
+    keep_luminance: bool = False
+    """Output luma = the normalized input's, chroma as predicted (`cmgan.colorize.luminance`)."""
     precision: str = "auto"
     """auto (bf16 where the hardware runs it fast), bf16, or fp32."""
     device: str = "auto"
@@ -195,6 +197,8 @@ class _Run:
             "smooth_chroma": float(opts.smooth_chroma),
             "montage_slices": opts.montage_slices,
         }
+        if opts.keep_luminance:  # only when on: markers written before the option existed stay valid
+            self.settings["keep_luminance"] = True
         self.records: dict[str, dict[str, Any]] = {}
         self.order: list[str] = []
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -247,7 +251,8 @@ class _Run:
         self.reporter.volume(record["key"], len(prep.slices))
         t = time.perf_counter()
         try:
-            rgb = colorize_prepared(self.export, prep, self.opts.batch, self.reporter.slices)
+            rgb = colorize_prepared(self.export, prep, self.opts.batch, self.reporter.slices,
+                                    keep_input_luminance=self.opts.keep_luminance)
         except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory on one huge volume: the rest goes on
             log.debug("colorizing %s failed", record["input"], exc_info=True)
             _failed(record, f"{record['input']}: colorizing failed ({type(e).__name__}: {e})")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from cmgan.colorize.inputs import Input
+from cmgan.colorize.luminance import keep_luminance
 from cmgan.data.normalize import (
     Normalization,
     Placement,
@@ -202,11 +203,13 @@ def colorize_prepared(
     prep: PreparedVolume,
     batch: int = 16,
     on_slices: Callable[[int], None] | None = None,
+    keep_input_luminance: bool = False,
 ) -> np.ndarray:
     """Colorize a prepared volume: (X, Y, Z, 3) uint8 in canonical RAS+, black outside the foreground.
 
     Each output slice: the model's (S, S, 3) prediction cropped and resized back to the slice's (H, W) with
-    `from_size` (float, then rounded once), background set to 0, written with `put_slice`. Reassembling batch i
+    `from_size` (float; with `keep_input_luminance` its luma replaced by the normalized input's,
+    `cmgan.colorize.luminance`; then rounded once), background set to 0, written with `put_slice`. Reassembling batch i
     runs in a helper thread while the generator computes batch i + 1 (on a GPU the CPU work would otherwise
     leave it idle); at most one batch waits, so memory stays bounded.
     """
@@ -216,7 +219,7 @@ def colorize_prepared(
         for start, rgb in colorize_batches(export, prep.slices, batch):
             if pending is not None:
                 pending.result()
-            pending = pool.submit(_assemble, out, prep, start, rgb)
+            pending = pool.submit(_assemble, out, prep, start, rgb, keep_input_luminance)
             if on_slices is not None:
                 on_slices(rgb.shape[0])
         if pending is not None:
@@ -224,11 +227,14 @@ def colorize_prepared(
     return out
 
 
-def _assemble(out: np.ndarray, prep: PreparedVolume, start: int, rgb: np.ndarray) -> None:
+def _assemble(out: np.ndarray, prep: PreparedVolume, start: int, rgb: np.ndarray, keep_input_luminance: bool) -> None:
     """Put a batch of (B, S, S, 3) float predictions into `out` at their slices (see `colorize_prepared`)."""
     for j in range(rgb.shape[0]):
         k = int(prep.indices[start + j])
-        full = rgb_to_uint8(from_size(rgb[j], prep.placement, order=1))
+        full = from_size(rgb[j], prep.placement, order=1)
+        if keep_input_luminance:
+            full = keep_luminance(full, take_slice(prep.image, prep.axis, k))
+        full = rgb_to_uint8(full)
         full[~take_slice(prep.mask, prep.axis, k)] = 0
         put_slice(out, prep.axis, k, full)
 

@@ -303,3 +303,25 @@ def test_a_shards_zarr_store_colorizes_each_subject_onto_its_stored_grid(tmp_pat
         assert rgb.shape == stored.data.shape + (3,)
         np.testing.assert_allclose(affine, stored.affine, atol=1e-5)
         assert Path(rec["outputs"]["omezarr"], "zarr.json").is_file()
+
+
+def test_keep_luminance_gives_the_inputs_brightness_and_the_predicted_chroma(tmp_path, brain, export_path):
+    archive = _archive(tmp_path / "archive", brain, n_nifti=1, dicom=False)  # sub-01 is stored RAS (canonical)
+    runs = {keep: run_colorize(ColorizeOptions(checkpoint=str(export_path), inputs=(str(archive),),
+                                               out=str(tmp_path / str(keep)), formats=("nifti",),
+                                               keep_luminance=keep))["inputs"][0] for keep in (False, True)}
+    plain, _ = read_rgb_nifti(Path(runs[False]["outputs"]["nifti"]))
+    kept, _ = read_rgb_nifti(Path(runs[True]["outputs"]["nifti"]))
+    vol = read_volume(archive / "sub-01/anat/sub-01_T1w.nii.gz")
+    mask = foreground_mask(vol.data)
+    expected = (normalize_mr(vol.data, Normalization(), mask=mask, window_mask=mask) + 1.0) * 127.5
+    a, b = plain.astype(np.float64), kept.astype(np.float64)
+    assert np.abs(b @ LUMA - expected)[mask].max() <= 1.0  # rounding of three channels, nothing else
+    # The chroma is the prediction's wherever it fits at the input's brightness (no channel at 0 or 255); the
+    # untrained G's saturated colours do not fit everywhere, where they are scaled down instead.
+    fits = mask & (kept.min(-1) > 0) & (kept.max(-1) < 255)
+    assert fits.sum() > 0.2 * mask.sum()
+    cb, cr = np.array([-0.168736, -0.331264, 0.5]), np.array([0.5, -0.418688, -0.081312])
+    assert np.abs(b @ cb - a @ cb)[fits].max() <= 1.5 and np.abs(b @ cr - a @ cr)[fits].max() <= 1.5
+    assert np.abs(b @ LUMA - a @ LUMA)[mask].mean() > 5  # the untrained G's own luma is far from the input's
+    assert (kept[~mask] == 0).all()
