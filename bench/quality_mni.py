@@ -4,6 +4,7 @@
     python bench/quality_mni.py --seeds 3 --figure mni.png       # mean and std over 3 seeds, and a picture
     python bench/quality_mni.py --size 128                       # 128x128 (builds demo color phantoms at 128)
     python bench/quality_mni.py train.lr=2e-4 loss.identity=0    # any dotted override of the run config
+    python bench/quality_mni.py --rescore --keep-luminance       # the runs in --out again, input luminance kept
 
 Steps, each through the library:
 1. Data (offline, nilearn): the MNI ICBM152 2009 T1 template (197x233x189, 1 mm, skull-stripped), written
@@ -284,19 +285,24 @@ def run_seed(args: argparse.Namespace, overrides: list[str], seed: int, data: di
     from cmgan.train.trainer import train
 
     run_dir = out / f"seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)  # from scratch: a run directory with a checkpoint resumes
-    cfg = load_config(args.config, overrides + [
-        f'train.run_dir="{run_dir}"', f"train.seed={seed}", f"train.steps={args.steps}",
-        f"train.ckpt_every_steps={args.steps}", "train.ckpt_every_minutes=0", f"train.sample_every={args.steps}"])
-    t0 = time.time()
-    summary = train(cfg)
-    train_s = time.time() - t0
+    if args.rescore:  # the export of an earlier run of the same command
+        summary = json.loads((run_dir / "summary.json").read_text())
+        train_s = None
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # from scratch: a run directory with a checkpoint resumes
+        cfg = load_config(args.config, overrides + [
+            f'train.run_dir="{run_dir}"', f"train.seed={seed}", f"train.steps={args.steps}",
+            f"train.ckpt_every_steps={args.steps}", "train.ckpt_every_minutes=0", f"train.sample_every={args.steps}"])
+        t0 = time.time()
+        summary = train(cfg)
+        train_s = round(time.time() - t0, 1)
     if summary["status"] != "completed" or not summary.get("export"):
         raise RuntimeError(f"seed {seed}: training ended {summary['status']}")
     t0 = time.time()
     col = run_colorize(ColorizeOptions(checkpoint=summary["export"], inputs=(str(data["t1"]),),
-                                       out=str(run_dir / "colorized"), formats=("nifti",), shard="0/1",
-                                       threads=threads))
+                                       out=str(run_dir / ("colorized-luma" if args.keep_luminance else "colorized")),
+                                       formats=("nifti",), shard="0/1", threads=threads,
+                                       keep_luminance=args.keep_luminance))
     colorize_s = time.time() - t0
     record = col["inputs"][0]
     if record["status"] not in ("done", "skipped"):
@@ -312,7 +318,7 @@ def run_seed(args: argparse.Namespace, overrides: list[str], seed: int, data: di
     grid = model_grid(prep.image, prep.mask, axis, int(export.model_cfg.image_size),
                       slice_spacing(vol.spacing, axis))
     result = score_volume(prep.image, rgb, data["brain"], data["tissue"], axis, grid)
-    result.update(train_s=round(train_s, 1), colorize_s=round(colorize_s, 1), score_s=round(time.time() - t0, 1),
+    result.update(train_s=train_s, colorize_s=round(colorize_s, 1), score_s=round(time.time() - t0, 1),
                   steps=summary["steps"], seed=seed)
     if args.figure and seed == 0:
         figure(prep.image, rgb, data["brain"], Path(args.figure))
@@ -350,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-out/quality_mni", help="scratch directory (data, S, runs)")
     p.add_argument("--figure", help="PNG of seed 0's colorized volume: axial input | output pairs, coronal and "
                    "sagittal reslices")
+    p.add_argument("--rescore", action="store_true", help="colorize and score the runs already in --out (their S, "
+                   "exports and data); train nothing")
+    p.add_argument("--keep-luminance", action="store_true", help="colorize with the input's luminance "
+                   "(`launch/colorize.py --keep-luminance`)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     threads = int(os.environ.get("CMGAN_THREADS", torch.get_num_threads()))
@@ -364,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                  f'train.seg_checkpoint="{out / "seg" / "export" / "seg.pt"}"']
     overrides += args.overrides
     seg_cfg = load_config(args.config, overrides + [f"seg.steps={args.seg_steps}", "seg.val_every=0"])
-    shutil.rmtree(out / "seg", ignore_errors=True)  # from scratch: pretrain_segmenter resumes otherwise
-    seg = segmenter(seg_cfg, data["shards"])
+    if args.rescore:
+        seg = {"export": str(out / "seg" / "export" / "seg.pt"), "dice_train": None, "seconds": None,
+               "steps": json.loads((out / "seg" / "summary.json").read_text()).get("steps")}
+    else:
+        shutil.rmtree(out / "seg", ignore_errors=True)  # from scratch: pretrain_segmenter resumes otherwise
+        seg = segmenter(seg_cfg, data["shards"])
     rows = [run_seed(args, overrides, s, data, out, threads) for s in range(args.seeds)]
     for r in rows:
         r["seg_s"] = seg["seconds"]
@@ -374,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "quality_mni", "config": str(args.config), "overrides": overrides, "seeds": args.seeds,
         "steps": args.steps, "image_size": cfg.model.image_size, "axis": args.axis, "width": cfg.model.width,
         "batch": cfg.data.batch_size, "threads": threads, "precision": cfg.train.precision,
+        "keep_luminance": args.keep_luminance, "rescore": args.rescore,
         "volume": f"MNI152 2009 T1 template, {'x'.join(map(str, data['brain'].shape))} at {args.resolution} mm: the "
                   "training subject itself (no second real subject offline)",
         "labels": "from the GM/WM maps: cortex = all gray matter (deep GM not separable), white_matter, csf",
