@@ -43,7 +43,7 @@ from cmgan.config import load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
 from cmgan.data.manifest import read_manifest  # noqa: E402
 from cmgan.eval import fid, structure  # noqa: E402
-from cmgan.eval.quality import QualityAccumulator  # noqa: E402
+from cmgan.eval.quality import QualityAccumulator, tissue_mask  # noqa: E402
 from cmgan.eval.reference import load_fid_model, real_statistics  # noqa: E402
 from cmgan.eval.slices import MR_MEMBERS, mr_batches, read_samples  # noqa: E402
 from cmgan.models import build_generator  # noqa: E402
@@ -87,15 +87,11 @@ def finish(outputs: list[tuple[Any, torch.Tensor]], how: str, sigma: float) -> l
         for rows in where.values():
             rows.sort()
             vol = np.stack([fid.to_uint8(rgbs[i][j : j + 1])[0].permute(1, 2, 0).numpy() for _, i, j in rows])
-            mask = np.stack([_mask(outputs[i][0])[j].numpy() for _, i, j in rows])
+            mask = np.stack([tissue_mask(outputs[i][0])[j].numpy() for _, i, j in rows])
             smooth = smooth_chroma(vol, mask, axis=0, sigma=sigma)
             for (_, i, j), image in zip(rows, smooth):
                 rgbs[i][j] = torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0
     return rgbs
-
-
-def _mask(batch) -> torch.Tensor:
-    return batch.mask if batch.mask is not None else batch.mr[:, 0] > -1 + 1e-6
 
 
 def score(cfg, G, S, fid_model, real, label_names, how: str = "raw", sigma: float = 1.0) -> dict[str, Any]:
@@ -113,8 +109,7 @@ def score(cfg, G, S, fid_model, real, label_names, how: str = "raw", sigma: floa
     acc = QualityAccumulator(label_names, fg_dilate=2)
     feats = fid.FeatureStats(cfg.eval.fid_dims) if fid_model is not None else None
     with torch.inference_mode():
-        for (batch, _), rgb in zip(outputs, finish(outputs, how, sigma) if how != "raw" else
-                                   [rgb for _, rgb in outputs]):
+        for (batch, _), rgb in zip(outputs, finish(outputs, how, sigma)):
             acc.update(batch, rgb)
             if feats is not None:
                 feats.update(fid_model.features(fid.fid_input(rgb, cfg.eval.fid_quantize)))

@@ -31,6 +31,11 @@ from cmgan.eval import color, fid, structure
 from cmgan.eval.slices import SliceBatch
 
 
+def tissue_mask(batch: SliceBatch) -> torch.Tensor:
+    """(B, H, W) bool: the batch's anatomy mask, else every pixel above the background level -1."""
+    return batch.mask if batch.mask is not None else batch.mr[:, 0] > -1 + 1e-6
+
+
 class QualityAccumulator:
     """Collects per-slice structure metrics and per-tissue color sums over batches of one split.
 
@@ -51,7 +56,7 @@ class QualityAccumulator:
         self.records.setdefault(name, []).extend(float(v) for v in values)
 
     def update(self, batch: SliceBatch, rgb: torch.Tensor) -> None:
-        mask = batch.mask if batch.mask is not None else (batch.mr[:, 0] > -1 + 1e-6)
+        mask = tissue_mask(batch)
         fg = structure.foreground(mask, self.fg_dilate)
         s = structure.structure_metrics(batch.mr, rgb, window=self.ssim_window, mask=fg)
         for name, values in s.items():
