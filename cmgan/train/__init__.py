@@ -3,7 +3,8 @@
     trainer.train(cfg)                   CycleGAN run; resumes from `cfg.train.run_dir` when it holds a checkpoint
     seg_pretrain.pretrain_segmenter(cfg) S on labelled MR shards; exports `<cfg.seg.run_dir>/export/seg.pt`
 
-Module map: distributed.py (the one seam to DDP/DeepSpeed, devices, precision), step.py (one step, values in,
-values out), image_pool.py, schedule.py, ema.py, state.py (RNG capture), stop.py (signals -> agreed stop),
-monitor.py (progress, metrics, sample grids); full-state checkpoints live in `cmgan.checkpoint`.
+Module map: loop.py (the training loop both stages run; each stage passes in its model-specific parts),
+distributed.py (the one seam to DDP/DeepSpeed, devices, precision), step.py (one step, values in, values out),
+image_pool.py, schedule.py, ema.py, state.py (RNG capture), stop.py (signals -> agreed stop), monitor.py
+(progress, metrics, sample grids); full-state checkpoints live in `cmgan.checkpoint`.
 """

@@ -13,7 +13,6 @@ normalization later) and the last validation Dice.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,11 @@ from cmgan.data import schema
 from cmgan.models import build_segmenter
 from cmgan.models.segmentation import SegUNet
 from cmgan.train import distributed, rundir
+from cmgan.train.loop import CheckpointState, TrainLoop, Window
 from cmgan.train.monitor import Monitor
 from cmgan.train.state import (
     capture_rng,
     isolated_start,
-    parameter_digest,
     rank_seed,
     restore_rng,
     seed_all,
@@ -221,101 +220,109 @@ def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, sto
     optim = OptimConfig(lr=seg.lr, betas=(0.9, 0.999), schedule="constant", scale_lr=False)
     net = backend.prepare("segmenter", {"S": S}, seg.lr, optim, seg.steps)
     seed_all(rank_seed(tc.seed, backend.rank))
-
     step, data_state, val_dice = 0, None, {}
     if resume_from is not None:
-        replicated, per_rank = checkpoint.load(resume_from, backend.rank)
-        backend.load_state_dict(net, replicated["segmenter"], resume_from)
-        step, val_dice = int(replicated["step"]), dict(replicated.get("val_dice", {}))
-        if per_rank is not None:
-            restore_rng(per_rank["rng"])
-            data_state = per_rank["data"]
-        log.info("resumed segmentation pretraining from %s (step %d)", resume_from, step)
+        step, data_state, val_dice = _load(resume_from, net, backend)
 
     stream = stream_cls(cfg.data, cfg.model.image_size, backend.rank, backend.world_size, tc.seed,
                         start_state=data_state, batch_size=seg.batch_size, split="train",
                         num_classes=cfg.model.seg_classes)
-    batches = isolated_start(iter(stream))
+    stage = SegStage(cfg, backend, net, stream, val_dice)
     monitor = Monitor(paths.root, seg.steps, step, backend.is_main)
     skipped = _unlabelled_volumes(cfg.data.mr_shards)
     if any(skipped.values()):
         monitor.message("S trains and validates on labelled volumes only; skipped unlabelled volumes: "
                         "%d of train, %d of val", skipped["train"], skipped["val"])
-    clock = rundir.SaveClock(tc.ckpt_every_minutes)
-    last: dict[str, float] = {}
+    # A non-finite loss always stops S pretraining (train.nonfinite=skip is for the CycleGAN).
+    result = TrainLoop(stage, tc, backend, stop, monitor, paths.checkpoints,
+                       steps=seg.steps, start_step=step, resumed_from=resume_from, nonfinite="stop").run()
 
-    def save(reason: str) -> Path:
-        digest = parameter_digest([S])
-        digests = backend.all_gather_object(digest)
-        path = checkpoint.save(
-            paths.checkpoints, step, rank=backend.rank, world_size=backend.world_size, barrier=backend.barrier,
-            per_rank={"rng": capture_rng(), "data": stream.state(), "digest": digest},
-            replicated={"step": step, "segmenter": backend.state_dict(net), "val_dice": val_dice,
-                        "config": to_dict(cfg)},
-            meta={"stage": "seg", "reason": reason, "losses": last, "val_dice": val_dice, "digests": digests},
-            keep_last=tc.keep_last,
-        )
-        clock.reset()
-        return path
-
-    status, t_log, n_log = "completed", time.perf_counter(), 0
-    while step < seg.steps:
-        nonfinite = False
-        for micro in range(tc.grad_accum):
-            batch = next(batches)
-            image, label = backend.to_device(batch["image"]), batch["label"].to(backend.device)
-            with backend.accumulate([net], micro == tc.grad_accum - 1):
-                with backend.autocast():
-                    logits = net.nets["S"](image)
-                terms = dice_ce_loss(logits, label, seg.dice_weight)
-                nonfinite |= not bool(torch.isfinite(terms["total"]))
-                backend.backward(net, terms["total"])
-        rundir.test_signal_hook(step + 1, backend)
-        nonfinite, stopping, time_due = rundir.agree(backend, stop, clock, nonfinite)
-        if nonfinite:
-            raise FloatingPointError(
-                f"segmentation pretraining: non-finite loss at step {step + 1} "
-                f"(ce={terms['ce'].item()}, dice={terms['dice'].item()}); lower seg.lr or use train.precision=fp32. "
-                f"The last good checkpoint is in {paths.checkpoints}"
-            )
-        backend.step(net, True)
-        step += 1
-        n_log += 1
-        if step % max(1, tc.log_every) == 0 or step == seg.steps:
-            mean = backend.all_reduce_mean(torch.stack([terms["ce"].detach(), terms["dice"].detach()]))
-            dt = time.perf_counter() - t_log
-            last = {"ce": float(mean[0]), "dice_loss": float(mean[1]), "lr": net.lr,
-                    "images_per_s": n_log * backend.global_batch / max(dt, 1e-9)}
-            monitor.log(step, last)
-            t_log, n_log = time.perf_counter(), 0
-        monitor.update(step, last)
-        if seg.val_every and (step % seg.val_every == 0 or step == seg.steps):
-            val_dice = validate(S, cfg, backend)
-            monitor.log(step, {f"val_dice/{k}": v for k, v in val_dice.items()})
-        if stopping or time_due or step == seg.steps or (tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0):
-            save("signal" if stopping else "schedule")
-        if stopping:
-            status = "stopped"
-            monitor.message("stopped by %s at step %d; checkpoint saved, run again to resume", stop.signal_name, step)
-            break
-    monitor.close()
-    export = None
-    if status == "completed":
+    export, val_dice = None, stage.val_dice
+    if result.status == "completed":
         if not val_dice:
             val_dice = validate(S, cfg, backend)
         if backend.is_main:
             normalization = _mr_normalization(cfg.data.mr_shards)
             export = str(save_seg_export(paths.root / SEG_EXPORT, model=cfg.model, state=S.state_dict(),
                                          normalization=normalization, val_dice=val_dice,
-                                         meta={"steps": step, "run_dir": str(paths.root), "losses": last}))
+                                         meta={"steps": result.steps, "run_dir": str(paths.root),
+                                               "losses": result.losses}))
         backend.barrier()
         export = backend.broadcast_object(export)
-    summary = {"status": status, "stage": "seg", "steps": step, "run_dir": str(paths.root), "export": export,
-               "val_dice": val_dice, "losses": last, "world_size": backend.world_size,
+    summary = {"status": result.status, "stage": "seg", "steps": result.steps, "run_dir": str(paths.root),
+               "export": export, "val_dice": val_dice, "losses": result.losses, "world_size": backend.world_size,
                "unlabelled_volumes_skipped": skipped}
     if backend.is_main:
         checkpoint.write_json(summary, paths.root / "summary.json")
     return summary
+
+
+def _load(path: Path, net: distributed.Trainable, backend: distributed.Backend) -> tuple[int, dict | None, dict]:
+    """Restore S and its optimizer from checkpoint `path`: (step, this rank's data stream state or None,
+    the validation Dice saved with it)."""
+    replicated, per_rank = checkpoint.load(path, backend.rank)
+    backend.load_state_dict(net, replicated["segmenter"], path)
+    data_state = None
+    if per_rank is not None:
+        restore_rng(per_rank["rng"])
+        data_state = per_rank["data"]
+    log.info("resumed segmentation pretraining from %s (step %d)", path, int(replicated["step"]))
+    return int(replicated["step"]), data_state, dict(replicated.get("val_dice", {}))
+
+
+class SegStage:
+    """S pretraining's part of the loop (`cmgan.train.loop.Stage`): Dice + cross-entropy steps of S, their
+    metrics (the step's last micro-batch, mean over ranks), validation every `seg.val_every` steps."""
+
+    name = "seg"
+    fix = "Lower seg.lr or use train.precision=fp32"
+
+    def __init__(self, cfg: RunConfig, backend: distributed.Backend, net: distributed.Trainable, stream: Any,
+                 val_dice: dict[str, float]) -> None:
+        self.cfg, self.backend, self.net, self.stream = cfg, backend, net, stream
+        self.batches = isolated_start(iter(stream))
+        self.replicas = [net.raw["S"]]
+        self.val_dice = val_dice  # the latest validation (saved with every checkpoint)
+        self.terms: dict[str, torch.Tensor] = {}
+
+    def forward_backward(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        backend, net, accum = self.backend, self.net, self.cfg.train.grad_accum
+        nonfinite = torch.zeros((), dtype=torch.bool, device=backend.device)
+        for micro in range(accum):
+            batch = next(self.batches)
+            image, label = backend.to_device(batch["image"]), batch["label"].to(backend.device)
+            with backend.accumulate([net], micro == accum - 1):
+                with backend.autocast():
+                    logits = net.nets["S"](image)
+                self.terms = dice_ce_loss(logits, label, self.cfg.seg.dice_weight)
+                nonfinite = nonfinite | ~torch.isfinite(self.terms["total"])
+                backend.backward(net, self.terms["total"])
+        return self.terms, nonfinite
+
+    def update(self) -> None:
+        self.backend.step(self.net, True)
+
+    def skip(self) -> None:
+        raise AssertionError("S pretraining stops on a non-finite loss; it never skips")
+
+    def scalars(self, window: Window) -> dict[str, float]:
+        mean = self.backend.all_reduce_mean(torch.stack([self.terms["ce"].detach(), self.terms["dice"].detach()]))
+        return {"ce": float(mean[0]), "dice_loss": float(mean[1]), "lr": self.net.lr,
+                "images_per_s": window.images_per_s}
+
+    def observe(self, step: int, monitor: Monitor) -> None:
+        seg = self.cfg.seg
+        if seg.val_every and (step % seg.val_every == 0 or step == seg.steps):
+            self.val_dice = validate(self.net.raw["S"], self.cfg, self.backend)
+            monitor.log(step, {f"val_dice/{k}": v for k, v in self.val_dice.items()})
+
+    def checkpoint_state(self, step: int) -> CheckpointState:
+        return CheckpointState(
+            replicated={"step": step, "segmenter": self.backend.state_dict(self.net), "val_dice": self.val_dice,
+                        "config": to_dict(self.cfg)},
+            per_rank={"rng": capture_rng(), "data": self.stream.state()},
+            meta={"val_dice": self.val_dice},
+        )
 
 
 def _unlabelled_volumes(shard_dir: str) -> dict[str, int]:

@@ -10,9 +10,9 @@ One optimizer step (per micro-batch, `train.grad_accum` of them):
   1. data: MR x (B, 1, H, W) and color y (B, 3, H, W) from the unpaired stream (its position is checkpointed);
   2. generator forward with Dx, Dy frozen (their unwrapped modules): F, S (no_grad, once), G, F -> named terms;
   3. the fakes go through the history pools; discriminator forward on [real, pooled fake];
-  4. backward of both objectives (the engines'/DDP's own), then at the window's end one all-reduce (MAX) of
-     [non-finite seen, stop signal seen, checkpoint clock due]; every rank takes the same branch:
-     update both optimizers (or skip / stop on a non-finite loss), EMA, logs, samples, checkpoint, stop.
+  4. backward of both objectives (the engines'/DDP's own); then the shared loop (`cmgan.train.loop`) has the
+     ranks agree once and take the same branch: update both optimizers and the EMA (or skip / stop on a
+     non-finite loss), metrics, sample grid, checkpoint, stop.
 Both optimizer updates happen after both backwards; this equals CycleGAN's "G step, then D step" order because
 the D loss uses detached fakes and the G loss was computed with D's pre-update weights.
 """
@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,12 +35,12 @@ from cmgan.models.edges import edge_map
 from cmgan.train import distributed, rundir
 from cmgan.train.ema import EMA
 from cmgan.train.image_pool import ImagePool
+from cmgan.train.loop import CheckpointState, TrainLoop, Window
 from cmgan.train.monitor import Monitor, sample_grid
 from cmgan.train.schedule import report_lr
 from cmgan.train.state import (
     capture_rng,
     isolated_start,
-    parameter_digest,
     rank_seed,
     restore_rng,
     seed_all,
@@ -48,13 +48,10 @@ from cmgan.train.state import (
 from cmgan.train.step import StepNets, all_finite, discriminator_forward, generator_forward
 from cmgan.train.stop import StopFlag
 
+if TYPE_CHECKING:
+    from cmgan.data.pipeline import UnpairedStream
+
 log = logging.getLogger(__name__)
-
-EXIT_RESUMABLE = rundir.EXIT_RESUMABLE
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN/inf; the message names the step and the terms; the last good checkpoint is intact."""
 
 
 @dataclass
@@ -113,7 +110,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     Returns {"status": "completed" | "stopped", "steps", "start_step", "run_dir", "export", "checkpoint",
     "losses", "world_size", "signal", "lr" (the base learning rate used), "precision" (the one the networks ran
     in)}; the same dict is written to `<run_dir>/summary.json`.
-    Raises NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
+    Raises cmgan.train.loop.NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
     """
     return rundir.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
 
@@ -159,121 +156,92 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
     if parts.S is not None and parts.seg_normalization and parts.seg_normalization != normalization:
         log.warning("S was trained on MR normalized as %s but these shards use %s; S's features may be off",
                     parts.seg_normalization, normalization)
-    batches = isolated_start(iter(stream))
+    stage = CycleGANStage(cfg, backend, parts, stream)
     monitor = Monitor(paths.root, tc.steps, step, backend.is_main)
-    clock = rundir.SaveClock(tc.ckpt_every_minutes)
-    gen, disc = parts.gen, parts.disc
-    raw = [gen.raw["G"], gen.raw["F"], disc.raw["Dx"], disc.raw["Dy"]]
-    last: dict[str, float] = {}
-    last_ckpt: Path | None = resume_from
-    skips = 0
+    result = TrainLoop(stage, tc, backend, stop, monitor, paths.checkpoints,
+                       steps=tc.steps, start_step=step, resumed_from=resume_from).run()
 
-    def save(reason: str) -> Path:
-        digest = parameter_digest(raw)
-        digests = backend.all_gather_object(digest)
-        if len(set(digests)) > 1 and backend.is_main:
-            log.error("replicas diverged at step %d: parameter digests differ across ranks %s", step, digests)
+    export = None
+    if result.status == "completed":
+        export = _export(cfg, parts, paths, normalization, result.steps, result.losses, backend)
+    summary = {"status": result.status, "stage": "cyclegan", "steps": result.steps, "start_step": start_step,
+               "run_dir": str(paths.root), "export": export,
+               "checkpoint": str(result.checkpoint) if result.checkpoint else None, "losses": result.losses,
+               "world_size": backend.world_size, "signal": result.signal, "lr": parts.lr,
+               "precision": backend.precision, "seg_dice": parts.seg_dice}
+    if backend.is_main:
+        checkpoint.write_json(summary, paths.root / "summary.json")
+    return summary
+
+
+class CycleGANStage:
+    """The CycleGAN's part of the loop (`cmgan.train.loop.Stage`): steps of G, F, Dx, Dy and what they log,
+    show and save."""
+
+    name = "cyclegan"
+    fix = "Lower optim.lr, try train.precision=fp32, or set train.nonfinite=skip"
+
+    def __init__(self, cfg: RunConfig, backend: distributed.Backend, parts: Parts, stream: UnpairedStream) -> None:
+        self.cfg, self.backend, self.parts, self.stream = cfg, backend, parts, stream
+        self.batches = isolated_start(iter(stream))
+        gen, disc = parts.gen, parts.disc
+        self.replicas = [gen.raw["G"], gen.raw["F"], disc.raw["Dx"], disc.raw["Dy"]]
+        self.images = None  # the last micro-batch's CycleImages (for the sample grid)
+        self._sums: dict[str, torch.Tensor] = {}  # loss terms summed over the steps since the last metric line
+        self._waited = 0.0  # seconds spent waiting for data since the last metric line
+
+    def forward_backward(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        self.images, terms, nonfinite, waited = _accumulate_step(self.cfg, self.backend, self.parts, self.batches)
+        self._waited += waited
+        for k, v in terms.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        return terms, nonfinite
+
+    def update(self) -> None:
+        self.backend.step(self.parts.gen, True)
+        self.backend.step(self.parts.disc, True)
+        if self.parts.ema is not None:
+            self.parts.ema.update(self.parts.gen.raw["G"])
+
+    def skip(self) -> None:
+        self.backend.skip(self.parts.gen)
+        self.backend.skip(self.parts.disc)
+
+    def scalars(self, window: Window) -> dict[str, float]:
+        names = sorted(self._sums)
+        means = self.backend.all_reduce_mean(torch.stack([self._sums[k] / window.steps for k in names]))
+        line = {k: float(v) for k, v in zip(names, means)}
+        line.update(lr=self.parts.gen.lr, lr_d=self.parts.disc.lr, images_per_s=window.images_per_s,
+                    data_wait=self._waited / max(window.seconds, 1e-9), skipped=float(window.skips))
+        self._sums, self._waited = {}, 0.0
+        return line
+
+    def observe(self, step: int, monitor: Monitor) -> None:
+        tc, images = self.cfg.train, self.images
+        if self.backend.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+            k = min(4, images.real_x.shape[0])
+            monitor.samples(step, sample_grid(images.real_x[:k], images.fake_y[:k], images.rec_x[:k],
+                                              edge_map(images.fake_y[:k].detach().float(), self.cfg.model.laplacian)))
+
+    def checkpoint_state(self, step: int) -> CheckpointState:
+        backend, parts = self.backend, self.parts
         replicated = {
             "step": step,
             "world_size": backend.world_size,
-            "generators": backend.state_dict(gen),
-            "discriminators": backend.state_dict(disc),
+            "generators": backend.state_dict(parts.gen),
+            "discriminators": backend.state_dict(parts.disc),
             "ema": parts.ema.state_dict() if parts.ema is not None else None,
-            "config": to_dict(cfg),
+            "config": to_dict(self.cfg),
         }
         per_rank = {
             "rank": backend.rank,
             "rng": capture_rng(),
             "pools": {"x": parts.pool_x.state_dict(), "y": parts.pool_y.state_dict()},
-            "data": stream.state(),
-            "digest": digest,
+            "data": self.stream.state(),
         }
-        meta = {"stage": "cyclegan", "reason": reason, "backend": backend.name, "precision": backend.train.precision,
-                "losses": last, "digests": digests, "replicas_identical": len(set(digests)) == 1,
-                "run_dir": str(paths.root)}
-        path = checkpoint.save(
-            paths.checkpoints, step, rank=backend.rank, world_size=backend.world_size, barrier=backend.barrier,
-            per_rank=per_rank, replicated=replicated, collective_writers=backend.collective_writers([gen, disc]),
-            meta=meta, keep_last=tc.keep_last,
-        )
-        clock.reset()
-        return path
-
-    status, signal_name = "completed", ""
-    t_log, n_log, wait_log = time.perf_counter(), 0, 0.0
-    sums: dict[str, torch.Tensor] = {}
-    images = None
-    while step < tc.steps:
-        # Forward and backward of every micro-batch of this step (no update yet).
-        images, terms, nonfinite, waited = _accumulate_step(cfg, backend, parts, batches)
-        wait_log += waited
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v
-
-        # The ranks agree on one branch: update / skip / stop, checkpoint clock, stop signal.
-        rundir.test_signal_hook(step + 1, backend)
-        any_nonfinite, stopping, time_due = rundir.agree(backend, stop, clock, nonfinite)
-        if any_nonfinite:
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-            where = f"step {step + 1}: non-finite loss on some rank (here: {bad or 'none'})"
-            if tc.nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"{where}. Stopped without updating; the last good checkpoint is "
-                    f"{checkpoint.latest(paths.checkpoints) or '(none yet)'}. Lower optim.lr, try "
-                    "train.precision=fp32, or set train.nonfinite=skip"
-                )
-            skips += 1
-            if skips > tc.max_nonfinite_skips:
-                raise NonFiniteLossError(f"{where}; {skips} consecutive steps skipped "
-                                         f"(train.max_nonfinite_skips={tc.max_nonfinite_skips})")
-            log.warning("%s; update skipped (%d in a row)", where, skips)
-            backend.skip(gen)
-            backend.skip(disc)
-        else:
-            skips = 0
-            backend.step(gen, True)
-            backend.step(disc, True)
-            if parts.ema is not None:
-                parts.ema.update(gen.raw["G"])
-        step += 1
-        n_log += 1
-
-        # Observe: metrics (mean over ranks; a collective on the same steps everywhere), bar, sample grid.
-        if step % max(1, tc.log_every) == 0 or step == tc.steps or stopping:
-            names = sorted(sums)
-            means = backend.all_reduce_mean(torch.stack([sums[k] / n_log for k in names]))
-            elapsed = time.perf_counter() - t_log
-            last = {k: float(v) for k, v in zip(names, means)}
-            last.update(lr=gen.lr, lr_d=disc.lr, images_per_s=n_log * backend.global_batch / max(elapsed, 1e-9),
-                        data_wait=wait_log / max(elapsed, 1e-9), skipped=float(skips))
-            monitor.log(step, last)
-            t_log, n_log, wait_log, sums = time.perf_counter(), 0, 0.0, {}
-        monitor.update(step, last)
-        if backend.is_main and tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
-            k = min(4, images.real_x.shape[0])
-            monitor.samples(step, sample_grid(images.real_x[:k], images.fake_y[:k], images.rec_x[:k],
-                                              edge_map(images.fake_y[:k].detach().float(), cfg.model.laplacian)))
-        # Persist: on schedule, when the clock is due, at the end, and before stopping (all ranks together).
-        if (stopping or time_due or step == tc.steps
-                or (tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0)):
-            last_ckpt = save("signal" if stopping else "end" if step == tc.steps else "schedule")
-        if stopping:
-            status, signal_name = "stopped", stop.signal_name
-            monitor.message("stopped by %s at step %d; checkpoint %s saved; run again to resume",
-                            signal_name, step, last_ckpt)
-            break
-    monitor.close()
-
-    export = None
-    if status == "completed":
-        export = _export(cfg, parts, paths, normalization, step, last, backend)
-    summary = {"status": status, "stage": "cyclegan", "steps": step, "start_step": start_step,
-               "run_dir": str(paths.root), "export": export, "checkpoint": str(last_ckpt) if last_ckpt else None,
-               "losses": last, "world_size": backend.world_size, "signal": signal_name, "lr": parts.lr,
-               "precision": backend.precision, "seg_dice": parts.seg_dice}
-    if backend.is_main:
-        checkpoint.write_json(summary, paths.root / "summary.json")
-    return summary
+        meta = {"backend": backend.name, "precision": backend.train.precision,
+                "run_dir": str(Path(self.cfg.train.run_dir))}
+        return CheckpointState(replicated, per_rank, meta, backend.collective_writers([parts.gen, parts.disc]))
 
 
 def _accumulate_step(cfg: RunConfig, backend: distributed.Backend, parts: Parts, batches: Any

@@ -1,6 +1,7 @@
 """Exact continuation: stopped (SIGTERM) or killed (SIGKILL mid-checkpoint) runs end bitwise equal to an
-uninterrupted run (deterministic CPU mode, exact data resume)."""
+uninterrupted run (deterministic CPU mode, exact data resume), and log the same losses."""
 
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,13 @@ def final_state(run_dir):
     return replicated, per_rank
 
 
+def logged_losses(run_dir):
+    """{step: {term: value}} of metrics.jsonl without the timing fields (a resumed run appends to the file)."""
+    timing = {"time", "images_per_s", "data_wait"}
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if k not in timing} for r in lines}
+
+
 def assert_same_training_state(a, b):
     (ra, pa), (rb, pb) = a, b
     for group in ("generators", "discriminators"):
@@ -44,7 +52,15 @@ def assert_same_training_state(a, b):
 def uninterrupted(demo_shards, tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted")
     train(tiny_config(demo_shards, run, *EXACT, "train.ckpt_every_steps=0"))
-    return final_state(run)
+    return final_state(run), logged_losses(run)
+
+
+def test_two_runs_of_one_seed_log_bitwise_identical_losses(demo_shards, tmp_path, uninterrupted):
+    train(tiny_config(demo_shards, tmp_path, *EXACT, "train.ckpt_every_steps=0"))
+    again = logged_losses(tmp_path)
+    assert sorted(again) == list(range(1, STEPS + 1)) and "cycle_x" in again[STEPS]
+    assert again == uninterrupted[1]
+    assert_same_training_state(final_state(tmp_path), uninterrupted[0])
 
 
 @pytest.mark.parametrize("k", [3, 4], ids=["at_a_checkpoint_step", "between_checkpoint_steps"])
@@ -60,7 +76,8 @@ def test_a_run_stopped_by_sigterm_at_step_k_resumes_to_a_bitwise_identical_end(
     monkeypatch.delenv("CMGAN_TEST_SIGNAL_AT_STEP")
     resumed = train(cfg)
     assert resumed["status"] == "completed" and resumed["start_step"] == k
-    assert_same_training_state(final_state(tmp_path), uninterrupted)
+    assert_same_training_state(final_state(tmp_path), uninterrupted[0])
+    assert logged_losses(tmp_path) == uninterrupted[1]
 
 
 @pytest.mark.slow
@@ -93,4 +110,4 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_compl
     summary = train(cfg)
     assert summary["start_step"] == 2 and summary["status"] == "completed"
     assert not checkpoint.temp_dir(ckpts, 4).exists()  # the half-written folder was removed on start
-    assert_same_training_state(final_state(tmp_path), uninterrupted)
+    assert_same_training_state(final_state(tmp_path), uninterrupted[0])

@@ -8,7 +8,8 @@ from PIL import Image
 from cmgan import checkpoint
 from cmgan.config import replace
 from cmgan.export import load_export
-from cmgan.train.trainer import NonFiniteLossError, train
+from cmgan.train.loop import NonFiniteLossError
+from cmgan.train.trainer import train
 
 from .conftest import tiny_config
 
