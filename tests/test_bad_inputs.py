@@ -8,9 +8,10 @@ bad inputs together (module fixtures); the cases then read their own line from t
 Entry points: `python -m shards build` and `launch/colorize.py` (subprocesses, the user's path) over volumes;
 `launch/evaluate.py` and `launch/train.py` (their `main`, in this process) over broken shard sets and a broken
 export; `launch/sweep.py` (subprocess) over broken sweep files.
-Training is the one place where a corrupt sample does not stop the run: it is skipped with a warning naming the
-shard and the sample (a week-long run must not die on one bad slice) and counted in the checkpointed data state;
-a shard set that cannot feed training at all stops it with one line.
+Training is the one place where a corrupt sample does not stop the run: it is skipped (a week-long run must not
+die on one bad slice), counted in the checkpointed data state, and the launcher's main process logs one warning
+per shard naming the shard file and its first problem (the loader workers hand their notes over with the
+batches); a shard set that cannot feed training at all stops it with one line.
 """
 
 from __future__ import annotations
