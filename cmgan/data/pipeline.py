@@ -83,6 +83,12 @@ def split_shards(shard_dir: str | Path, split: str, domain: str | None = None) -
     return urls, manifest
 
 
+def _sample_counts(urls: list[str], manifest: dict[str, Any]) -> tuple[int, ...]:
+    """The manifest's sample count of each shard of `urls` (0 where it does not say)."""
+    by_name = {s["name"]: int(s.get("samples", 0)) for s in manifest["shards"]}
+    return tuple(by_name.get(Path(url).name, 0) for url in urls)
+
+
 def assign_shards(urls: list[str], n_slots: int, seed: int) -> list[list[str]]:
     """Deal shards to slots: a seeded permutation, then round-robin; disjoint, union = `urls`.
 
@@ -96,9 +102,11 @@ def assign_shards(urls: list[str], n_slots: int, seed: int) -> list[list[str]]:
     return [[order[s % len(order)]] for s in range(n_slots)]
 
 
-def _open_files(src: Iterator[dict[str, Any]], handler: Any) -> Iterator[dict[str, Any]]:
-    """Open local shard files (never through webdataset's gopen, which runs `pipe:` commands)."""
+def _open_files(src: Iterator[dict[str, Any]], handler: _Skipper) -> Iterator[dict[str, Any]]:
+    """Open local shard files (never through webdataset's gopen, which runs `pipe:` commands). Tells `handler`
+    which shard is being read: webdataset's tar errors do not name it in a usable form."""
     for item in src:
+        handler.url = item["url"]
         try:
             f = open(item["url"], "rb")
         except OSError as e:
@@ -110,31 +118,65 @@ def _open_files(src: Iterator[dict[str, Any]], handler: Any) -> Iterator[dict[st
 
 
 class _Skipper:
-    """webdataset exception handler: log the problem with its shard/key, count it, continue."""
+    """Exception handler of one training stream (webdataset's `handler=`, and called with a message and the shard
+    for samples that fail decoding or the schema): count the problem, note the first one of each shard, go on.
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    It runs in a DataLoader worker and does not log there: `drain()` hands the new notes to the batch, and the
+    main process logs each shard's first problem once (`_track`). Logging in the worker would depend on how the
+    worker came to be (a forked worker keeps the launcher's handlers, a spawned one has none, a test runner's
+    capture handler is lost in it), and would repeat: a worker reads its shards again every pass, and several
+    workers can meet the same shard. The main process logs through the launcher's own handler, once.
+    """
+
+    def __init__(self) -> None:
         self.count = 0
+        self.url = "?"  # the shard being read (set by _open_files)
+        self._noted: set[str] = set()
+        self._new: list[tuple[str, str]] = []
 
-    def __call__(self, exn: BaseException | str) -> bool:
+    def __call__(self, exn: BaseException | str, url: str | None = None) -> bool:
         self.count += 1
-        if self.count <= 20 or self.count % 1000 == 0:
-            log.warning("%s: skipped a corrupt sample or shard (%d so far): %s", self.where, self.count, exn)
+        url = url or self.url
+        if url not in self._noted:
+            self._noted.add(url)
+            if isinstance(exn, BaseException):  # webdataset appends " @ <file object>" and more args: drop them
+                first = exn.args[0] if exn.args else None
+                message = first.split(" @ <", 1)[0] if isinstance(first, str) else str(exn)
+                exn = f"unreadable shard, rest of it skipped ({type(exn).__name__}: {message})"
+            self._new.append((url, exn))
         return True
 
+    def drain(self) -> list[tuple[str, str]]:
+        """(shard, problem) of the shards that had their first problem since the last call."""
+        new, self._new = self._new, []
+        return new
 
-def _raw_samples(urls: list[str], seed: tuple[int, ...], handler: _Skipper) -> Iterator[dict[str, Any]]:
-    """Raw samples ({"__key__", "__url__", member: bytes}) of `urls` forever, each pass in a new seeded order."""
+
+def _raw_samples(urls: list[str], seed: tuple[int, ...], handler: _Skipper,
+                 samples: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples ({"__key__", "__url__", member: bytes}) of `urls` forever, each pass in a new seeded order.
+
+    samples: the manifest's sample count of each shard; a shard that ends early is reported to `handler` (tarfile
+    ends silently at a header cut short, so a truncated shard can read as a shorter one without an error)."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    def check(url: str | None, n: int) -> None:
+        if url is not None and samples and n < samples.get(url, 0):
+            handler(f"truncated shard: it ends after {n} of its {samples[url]} samples", url)
 
     epoch = 0
     while True:
         order = ({"url": urls[i]} for i in np.random.default_rng([*seed, epoch]).permutation(len(urls)))
         files = tar_file_expander(_open_files(order, handler), handler=handler)
-        n = 0
+        n, url, in_shard = 0, None, 0
         for sample in group_by_keys(files, handler=handler):
+            if sample.get("__url__") != url:
+                check(url, in_shard)
+                url, in_shard = sample.get("__url__"), 0
+            in_shard += 1
             n += 1
             yield sample
+        check(url, in_shard)
         if n == 0:
             raise DataError(f"no readable sample in any of the shards {urls}")
         epoch += 1
@@ -254,6 +296,8 @@ class _Domain:
     classes: int = 0
     """Labels must lie in [0, classes) (0: unchecked); checked here on the CPU, where a bad value names its sample
     (on a GPU it would be an opaque device-side assert inside the loss)."""
+    samples: tuple[int, ...] = ()
+    """The manifest's sample count of each shard of `urls` (empty: unchecked): a shard that ends early is reported."""
 
 
 class _BatchStream(IterableDataset):
@@ -285,7 +329,7 @@ class _BatchStream(IterableDataset):
         for d_index, d in enumerate(self.domains):
             seed = (self.seed, self.restarts, slot, d_index)
             urls = assign_shards(list(d.urls), n_slots, self.seed + d_index)[slot]
-            skippers[d.name] = _Skipper(f"{d.name} rank {self.rank} worker {logical}")
+            skippers[d.name] = _Skipper()
             streams[d.name] = self._batches(d, urls, seed, self.positions.get(logical, {}).get(d.name, 0),
                                             skippers[d.name])
         while True:
@@ -297,11 +341,13 @@ class _BatchStream(IterableDataset):
             out["_worker"] = logical
             out["_pos"] = pos
             out["_skipped"] = {name: s.count for name, s in skippers.items()}
+            out["_skip_notes"] = [note for s in skippers.values() for note in s.drain()]
             yield out
 
     def _batches(self, d: _Domain, urls: list[str], seed: tuple[int, ...], skip: int, skipper: _Skipper
                  ) -> Iterator[tuple[dict[str, Any], int]]:
-        raw = _shuffle(_raw_samples(urls, seed, skipper), self.shuffle_buffer, random.Random(str(seed)))
+        samples = dict(zip(d.urls, d.samples))
+        raw = _shuffle(_raw_samples(urls, seed, skipper, samples), self.shuffle_buffer, random.Random(str(seed)))
         position = 0
         for _ in range(skip):  # exact resume: replay raw samples (no decoding) to restore the shuffle buffer
             next(raw)
@@ -320,7 +366,7 @@ class _BatchStream(IterableDataset):
                 batch.append((decoded, index))
                 bad_run = 0
             except (DecodeError, schema.SchemaError) as e:
-                skipper(f"{sample.get('__url__', '?')}: {e}")  # the shard's path: where to look
+                skipper(str(e), sample.get("__url__", "?"))
                 bad_run += 1
                 if bad_run > 10_000:
                     raise DataError(f"{d.name}: 10000 corrupt samples in a row in {urls}; last: {e}") from None
@@ -461,6 +507,7 @@ class _Progress:
     batches: int
     positions: dict[int, dict[str, int]]
     skipped: dict[int, dict[str, int]] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)  # shards whose first problem was logged
 
 
 def _track(loader: DataLoader, progress: _Progress) -> Iterator[dict[str, Any]]:
@@ -468,6 +515,11 @@ def _track(loader: DataLoader, progress: _Progress) -> Iterator[dict[str, Any]]:
         worker = batch.pop("_worker")
         progress.positions[worker] = batch.pop("_pos")
         progress.skipped[worker] = batch.pop("_skipped")
+        for url, problem in batch.pop("_skip_notes"):
+            if url not in progress.reported:  # once per shard: workers read their shards again every pass
+                progress.reported.add(url)
+                log.warning("%s: %s; skipped, training goes on (later problems in this shard are only counted; "
+                            "`python -m shards verify` checks it)", url, problem)
         progress.batches += 1
         yield batch
 
@@ -487,8 +539,10 @@ class UnpairedStream(_Stream):
         mr_urls, mr_manifest = split_shards(data_cfg.mr_shards, data_cfg.split, "mr")
         color_urls, color_manifest = split_shards(data_cfg.color_shards, data_cfg.split, "color")
         domains = [
-            _Domain("mr", "mr", tuple(mr_urls), mr_manifest["size"], _all_labelled(mr_manifest, data_cfg.split)),
-            _Domain("color", "color", tuple(color_urls), color_manifest["size"], False),
+            _Domain("mr", "mr", tuple(mr_urls), mr_manifest["size"], _all_labelled(mr_manifest, data_cfg.split),
+                    samples=_sample_counts(mr_urls, mr_manifest)),
+            _Domain("color", "color", tuple(color_urls), color_manifest["size"], False,
+                    samples=_sample_counts(color_urls, color_manifest)),
         ]
         self.normalization = mr_manifest.get("normalization")
         super().__init__(domains, data_cfg, image_size, rank, world_size, seed, start_state, data_cfg.batch_size,
@@ -522,7 +576,8 @@ class LabelledStream(_Stream):
         if num_classes and values and max(values) >= num_classes:
             raise DataError(f"{data_cfg.mr_shards}: label values {values} need more than model.seg_classes="
                             f"{num_classes} classes; set model.seg_classes={max(values) + 1}")
-        domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True, num_classes)]
+        domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True, num_classes,
+                           _sample_counts(urls, manifest))]
         super().__init__(domains, data_cfg, image_size, rank, world_size, seed, start_state,
                          batch_size or data_cfg.batch_size, data_cfg.resume)
 
@@ -583,9 +638,11 @@ def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int
         if offset + count <= start or offset >= stop:
             offset += count
             continue
+        seen, complete = 0, True
         try:
             with tarfile.open(url, "r:") as tar:
                 for index, (key, members) in enumerate(_tar_samples(tar)):
+                    seen = index + 1
                     if offset + index < start:
                         continue
                     if offset + index >= stop:
@@ -601,12 +658,27 @@ def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int
                         log.warning("%s: skipped: %s", url, e)
                         continue
                     yield sample
+                else:  # read to the end: did the archive end, or was it cut?
+                    complete = seen == count and _has_end_marker(tar, url)
         except (tarfile.TarError, OSError, EOFError) as e:
             if strict:
                 raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e}); "
                                 "check it with `python -m shards verify`") from None
             log.warning("%s: unreadable shard, rest of it skipped (%s)", url, e)
+        if not complete:
+            problem = f"truncated shard: it ends after {seen} of its {count} samples, without tar's end marker"
+            if strict:
+                raise DataError(f"{url}: {problem}; check it with `python -m shards verify`")
+            log.warning("%s: %s", url, problem)
         offset += count
+
+
+def _has_end_marker(tar: Any, url: str) -> bool:
+    """Whether the archive holds tar's end-of-archive marker (two zero blocks) after its last member. tarfile
+    stops silently at a header cut short, so without this a shard cut between members reads as a shorter one."""
+    with open(url, "rb") as f:
+        f.seek(tar.offset)
+        return f.read(1024) == bytes(1024)
 
 
 def _tar_samples(tar: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
