@@ -19,11 +19,11 @@ def reference(x: torch.Tensor, act: str) -> torch.Tensor:
 @pytest.mark.parametrize("act", list(ACTS))
 def test_channels_last_path_passes_gradcheck_in_float64(act):
     torch.manual_seed(0)
-    x = (torch.randn(2, 3, 5, 4, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(2, 3, 4, 3, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
     norm = InstanceNorm(3, act=ACTS[act]())
     # Away from the activation's kink at 0, where finite differences are not a derivative.
     x = x.detach().requires_grad_()
-    assert torch.autograd.gradcheck(norm, (x,), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(norm, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
     assert torch.allclose(norm(x), reference(x, act), atol=1e-10)
 
 
