@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from cmgan import files
+
 COMPLETE = "COMPLETE"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -61,14 +63,6 @@ def temp_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f".tmp-{step_name(step)}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _pause() -> None:
     seconds = float(os.environ.get(_PAUSE_ENV, "0") or 0)
     if seconds > 0:
@@ -77,26 +71,14 @@ def _pause() -> None:
 
 def save_file(obj: Any, path: str | Path) -> None:
     """`torch.save` to a temporary name, fsync, rename: the file is either absent or complete."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as f:
+    with files.atomic_open(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     _pause()
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    """JSON (indented, sorted keys) written atomically with fsync."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """JSON (indented, sorted keys) written atomically with fsync (cmgan.files), then the test hook's pause."""
+    files.write_json(path, obj, indent=2, default=str)
     _pause()
 
 
@@ -151,7 +133,7 @@ def _discard(path: Path) -> None:
     """Delete a checkpoint directory so that it stops looking complete first (rename), then remove it."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
     os.replace(path, trash)
-    _fsync_dir(path.parent)
+    files.fsync_dir(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -178,16 +160,13 @@ def commit(root: str | Path, step: int, meta: dict) -> Path:
     root = Path(root)
     tmp = temp_dir(root, step)
     write_json(meta, tmp / META_FILE)
-    with open(tmp / COMPLETE, "w") as f:
-        f.write(f"{step}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    files.write_text(tmp / COMPLETE, f"{step}\n")
+    files.fsync_dir(tmp)
     final = root / step_name(step)
     if final.exists():  # the same step saved again (e.g. a re-run after the end): the newer write wins
         _discard(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    files.fsync_dir(root)
     return final
 
 

@@ -1,6 +1,6 @@
 """Typed run configuration: frozen dataclasses, TOML values, dotted command-line overrides.
 
-Every constant of the method lives here with the defaults of ColorMedGAN (shared MODEL.md); code never
+Every constant of the method lives here with the defaults of ColorMedGAN (docs/method.md); code never
 hard-codes one. A run is described by `RunConfig`; each component receives only its own section
 (`ModelConfig`, `LossConfig`, ...).
 
@@ -14,6 +14,7 @@ TOML literal is taken as a string, so `train.precision=bf16` works without quote
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tomllib
 import types
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
+
+from cmgan import files
 
 
 class ConfigError(ValueError):
@@ -40,9 +43,11 @@ def _positive(section: str, name: str, value: float, strict: bool = True) -> Non
         raise ConfigError(f"{section}.{name}={value!r} must be {bound}")
 
 
-FUSION_MODES = ("sigmoid", "concat", "none")
-DISC_INPUTS = ("concat", "residual", "gate", "image")
-LAPLACIANS = ("4", "8")
+def _registry(module: str, name: str) -> tuple[str, ...]:
+    """The valid values of a choice field: the keys of the registry in the module that implements the choices
+    (the single source; a new fusion mode registered in the generator is valid here at once). Imported on use,
+    because those modules import this one."""
+    return tuple(getattr(importlib.import_module(module), name))
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,15 @@ class ModelConfig:
     """What D sees besides the image: concat (cat(img, E)), residual (img + img*E), gate (img*E), image."""
     laplacian: str = "4"
     """Laplacian kernel of the edge maps: 4-neighbour (paper eq. 9) or 8-neighbour (public code)."""
+    upsample: str = "transpose"
+    """Up-sampling of G and F: transpose (convT 4x4 stride 2, the paper's) or resize (nearest x2 + conv 3x3:
+    no checkerboard; docs/method.md)."""
 
     def __post_init__(self) -> None:
-        _choice("model", "fusion", self.fusion, FUSION_MODES)
-        _choice("model", "disc_input", self.disc_input, DISC_INPUTS)
-        _choice("model", "laplacian", self.laplacian, LAPLACIANS)
+        _choice("model", "fusion", self.fusion, _registry("cmgan.models.generator", "FUSION"))
+        _choice("model", "disc_input", self.disc_input, _registry("cmgan.models.discriminator", "DISC_INPUT"))
+        _choice("model", "laplacian", self.laplacian, _registry("cmgan.models.edges", "LAPLACIAN_KERNELS"))
+        _choice("model", "upsample", self.upsample, _registry("cmgan.models.generator", "UPSAMPLE"))
         for name in ("image_size", "width", "depth", "seg_width", "seg_depth", "seg_classes", "disc_width"):
             _positive("model", name, getattr(self, name))
         if self.depth < 2:
@@ -88,7 +97,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights (MODEL.md); generator terms are summed over both directions of the cycle."""
+    """Loss weights (docs/method.md); generator terms are summed over both directions of the cycle."""
 
     adversarial: float = 1.0
     """Least-squares adversarial term, (D(fake) - 1)^2."""
@@ -203,7 +212,7 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _choice("data", "resume", self.resume, ("reseed", "exact"))
+        _choice("data", "resume", self.resume, _registry("cmgan.data.pipeline", "RESUME_MODES"))
         _positive("data", "batch_size", self.batch_size)
         _positive("data", "num_workers", self.num_workers, strict=False)
         _choice("data", "split", self.split, ("train", "val", "test"))
@@ -221,8 +230,9 @@ class TrainConfig:
     """Seed of every random stream (models, data, pools); ranks derive their own from it."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
-    precision: str = "bf16"
-    """fp32, bf16 (autocast; no scaler) or fp16 (autocast + a loss scaler per optimizer; CUDA only)."""
+    precision: str = "auto"
+    """auto (bf16 where the hardware computes it natively, fp16 on older GPUs, else fp32; `cmgan.precision`),
+    fp32, bf16 (autocast; no scaler) or fp16 (autocast + a loss scaler per optimizer; CUDA only)."""
     channels_last: bool = True
     """Use channels_last memory format (the fast path for bf16 convolutions on AMX CPUs and tensor cores)."""
     compile: bool = False
@@ -256,7 +266,7 @@ class TrainConfig:
     """Fail at start-up unless the job runs exactly this many processes (0: accept any)."""
 
     def __post_init__(self) -> None:
-        _choice("train", "precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("train", "precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _positive("train", "expect_world_size", self.expect_world_size, strict=False)
         if self.backend == "deepspeed" and self.precision == "fp16":
             raise ConfigError("train.precision=fp16 is not supported with train.backend=deepspeed; use bf16")
@@ -331,12 +341,22 @@ class EvalConfig:
     """Evaluate at most this many slices (0: all of the split)."""
     split: str = "test"
     """Which split of the MR shards is evaluated."""
+    fg_dilate: int = 2
+    """Foreground SSIM/PSNR (`ssim_fg`, `psnr_fg`): pixels by which the slice's anatomy mask is dilated, so a dark
+    halo or a bleed just outside the anatomy counts against the model (0: the mask itself)."""
+    preset: str = "default"
+    """Which SSIM/PSNR set is the headline (both are always computed and stored under their own keys):
+    default: `ssim`/`psnr` as set above (float luminance, Gaussian 11 window); paper: `ssim_paper`/`psnr_paper`,
+    the authors' definition (8-bit PNGs, uniform 101-pixel window, sample covariance) for a comparison with the
+    paper's numbers. The preset orders tables and reports; it never changes what a key means."""
 
     def __post_init__(self) -> None:
+        _choice("eval", "preset", self.preset, ("default", "paper"))
+        _positive("eval", "fg_dilate", self.fg_dilate, strict=False)
         if self.ssim_window < 3 or self.ssim_window % 2 == 0:
             raise ConfigError(f"eval.ssim_window={self.ssim_window} must be an odd integer >= 3")
         _choice("eval", "split", self.split, ("train", "val", "test"))
-        _choice("eval", "ssim_kernel", self.ssim_kernel, ("gaussian", "uniform"))
+        _choice("eval", "ssim_kernel", self.ssim_kernel, _registry("cmgan.eval.structure", "SSIM_KERNELS"))
         _choice("eval", "fid_dims", self.fid_dims, (64, 192, 768, 2048))
         _choice("eval", "fid_precision", self.fid_precision, ("fp32", "bf16"))
         for split in self.real_splits:
@@ -486,12 +506,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a file may name `include = "other.toml"` (relative to itself) as its base."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    data = files.read_toml(path, "config file", ConfigError)
     include = data.pop("include", None)
     if include:
         data = merge(read_toml(path.parent / include), data)
@@ -520,8 +535,4 @@ def dumps_json(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as TOML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps_toml(cfg))
-    tmp.replace(path)
+    files.write_text(path, dumps_toml(cfg))

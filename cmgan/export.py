@@ -15,14 +15,13 @@ Its `model_id` is the SHA-256 of the file's bytes: outputs record it, and a chan
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cmgan import files, precision
 from cmgan.config import ModelConfig, from_dict, to_dict
 
 EXPORT_FORMAT = "cmgan-export-v1"
@@ -43,14 +42,6 @@ def resolve_export_path(path: str | Path) -> Path:
         f"{path}: no generator export found (looked for {path}, {path / 'export' / EXPORT_NAME}); "
         "train a run first or name the export file"
     )
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_export(
@@ -87,13 +78,8 @@ def save_export(
         "meta": dict(meta),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with files.atomic_open(path, "wb") as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
     return path
 
 
@@ -137,8 +123,9 @@ def load_export(
 ) -> Export:
     """Load an export (file, export dir or run dir) onto `device`, in eval mode.
 
-    use_ema: take the EMA weights of G when the export has them. autocast: "auto" picks bf16 on CUDA with
-    bf16 support and on CPUs with AMX, else fp32; pass None to force fp32 (exact, slower).
+    use_ema: take the EMA weights of G when the export has them. autocast: "auto" picks bf16 on GPUs with
+    native bf16 (fp16 on older GPUs) and on CPUs with AMX or AVX512-BF16, else fp32; pass None to force fp32
+    (exact, slower).
     """
     from cmgan.models import build_generator, build_segmenter
 
@@ -171,7 +158,7 @@ def load_export(
         autocast = _preferred_autocast(device)
     return Export(
         path=file,
-        model_id=_file_sha256(file),
+        model_id=files.sha256_file(file),
         model_cfg=model_cfg,
         normalization=payload["normalization"],
         meta=payload["meta"],
@@ -184,17 +171,6 @@ def load_export(
 
 
 def _preferred_autocast(device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware runs it fast (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        if cpu_has_fast_bf16():
-            return torch.bfloat16
-    return None
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AMX or AVX512-BF16): there bf16 convs are ~10x fp32."""
-    with contextlib.suppress(Exception):
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+    """bf16 where the hardware runs it natively (GPUs of compute capability >= 8.0, CPUs with AMX or
+    AVX512-BF16); fp16 on older GPUs (inference needs no loss scaler); else fp32 (`cmgan.precision`)."""
+    return precision.DTYPES[precision.resolve("auto", device.type)]

@@ -29,17 +29,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
+    from cmgan.distenv import DistributedError, detect_env
     from cmgan.eval.evaluator import evaluate_checkpoint
     from cmgan.eval.report import result_table
-    from cmgan.train.distributed import detect_env
-    from cmgan.train.monitor import configure_logging
+    from cmgan.logs import setup_logging
 
-    configure_logging(detect_env().rank)
+    setup_logging(rank=detect_env().rank)
     try:
         result = evaluate_checkpoint(args.checkpoint, args.data, args.real, args.out, args.config, args.overrides)
     except ValueError as e:  # bad input: a clear message, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DistributedError as e:  # GPUs given but unusable, more tasks than GPUs: what to change
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if not dist.is_initialized() or dist.get_rank() == 0:
         console = Console()
         console.print(result_table(result))

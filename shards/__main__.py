@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cmgan.data.normalize import Normalization
+from cmgan.logs import setup_logging
 
 BUILD_HELP = """\
 Build 2D slice shards from MR volumes or color photographs.
@@ -32,7 +33,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated numbers (e.g. 0.8,0.1,0.1)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated numbers (e.g. 0.8,0.1,0.1)") from None
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"{text!r} needs three fractions train,val,test")
     return parts  # type: ignore[return-value]
@@ -44,7 +45,7 @@ def _bytes(text: str) -> int:
     try:
         return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
     except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 1000000, 512M, 1G)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes (e.g. 1000000, 512M, 1G)") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,9 +108,13 @@ def _summary(name: str, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[-1] == "--":
+        # `build IN --labels A B --`: the help tells users to end a --labels/--truth list with `--`; after the
+        # last option argparse has nothing left for it and would reject it as an unknown argument.
+        argv.pop()
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    setup_logging(level=logging.INFO if args.verbose else logging.WARNING)
     from shards.build import BuildError, BuildOptions, build
     from shards.deid import SaltError
 

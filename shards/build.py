@@ -17,16 +17,17 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from cmgan.data import schema
 from cmgan.data.codec import encode_json, encode_npy
-from cmgan.data.manifest import FORMAT, NAME, VERSION, read_manifest, sha256_file, write_manifest
+from cmgan.data.manifest import FORMAT, NAME, VERSION, read_manifest, write_manifest
 from cmgan.data.normalize import (
     Normalization,
     NormalizationError,
@@ -40,6 +41,7 @@ from cmgan.data.normalize import (
     to_size,
 )
 from cmgan.data.volumes import VolumeError
+from cmgan.files import sha256_file
 from shards import readers
 from shards.deid import load_or_create_salt, pseudonym
 from shards.writer import ShardWriter, ZarrWriter
@@ -198,18 +200,20 @@ def build(inputs: list[str | Path], opts: BuildOptions) -> BuildResult:
     members: set[str] = set()
     try:
         for job, done in _run(jobs, opts.workers):
+            # Failures are logged at INFO (shown with -v, as they happen): the command prints each once, in its
+            # summary at the end; logging them as errors too would report every bad input twice.
             if isinstance(done, readers.Failure):
-                log.error("%s", done.message)
+                log.info("failed: %s", done.message)
                 failures.append(done)
                 continue
             for f in done.failures:
-                log.error("%s", f.message)
+                log.info("failed: %s", f.message)
             failures.extend(done.failures)
             if not done.samples:
                 if done.failures:
                     continue
                 failures.append(readers.Failure(str(job.source.path), "no slice with foreground (all empty)"))
-                log.error("%s", failures[-1].message)
+                log.info("failed: %s", failures[-1].message)
                 continue
             for key, sample in done.samples:
                 writers[job.split].write(key, sample)

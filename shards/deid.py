@@ -15,6 +15,8 @@ import os
 import secrets
 from pathlib import Path
 
+from cmgan import files
+
 log = logging.getLogger(__name__)
 
 SALT_ENV = "CMGAN_SALT_FILE"
@@ -46,7 +48,7 @@ def load_or_create_salt(path: str | Path | None, out_dir: str | Path) -> tuple[b
             raise SaltError(f"salt file {path} holds {len(text)} characters; expected at least 32 (hex)")
         return text.encode("ascii"), path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = files.temp_path(path)  # mode 0600 from the start, then hard-linked (not renamed): see below
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")

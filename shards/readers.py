@@ -27,8 +27,15 @@ from scipy import ndimage
 
 from cmgan.data.normalize import put_slice
 from cmgan.data.volumes import (
-    NIFTI_SUFFIXES, Volume, VolumeError, identity_from_path, is_dicom_file, read_volume, to_canonical,
+    NIFTI_SUFFIXES,
+    Volume,
+    VolumeError,
+    identity_from_path,
+    is_dicom_file,
+    read_volume,
+    to_canonical,
 )
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +209,6 @@ def match_files(sources: list[Source], files: list[Path], suffixes: tuple[str, .
 
 def source_sha256(source: Source) -> str:
     """Checksum of a source's bytes (a DICOM series / image folder: of its files' checksums in name order)."""
-    from cmgan.data.manifest import sha256_file
-
     if source.kind == "nifti":
         return sha256_file(source.path)
     files = source.files or tuple(sorted((p for p in source.path.iterdir() if p.is_file()), key=_natural))

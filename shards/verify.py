@@ -21,8 +21,9 @@ import numpy as np
 
 from cmgan.data import schema
 from cmgan.data.codec import DecodeError, decode_sample
-from cmgan.data.manifest import ManifestError, read_manifest, sha256_file
+from cmgan.data.manifest import ManifestError, read_manifest
 from cmgan.data.normalize import is_empty_slice, take_slice
+from cmgan.files import sha256_file
 
 
 def verify(shard_dir: str | Path) -> list[str]:

@@ -1,14 +1,14 @@
 """Writers: size-capped WebDataset tar shards and the Zarr v3 store of volumes, both written atomically.
 
 Tar shards are deterministic (fixed mtime/owner, members in a fixed order), so the same inputs and salt give
-byte-identical shards and checksums. Each shard is written as `.<name>.tmp` and renamed when complete.
+byte-identical shards and checksums. Each shard is written under a temporary name (`cmgan.files.temp_path`),
+fsynced and renamed when complete.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import tarfile
 import warnings
@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cmgan.data.manifest import sha256_file
+from cmgan import files
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ShardWriter:
         return f"{self.split}-{len(self.shards):06d}.tar"
 
     def _open(self) -> None:
-        self._tmp = self.out_dir / f".{self._name()}.tmp"
+        self._tmp = files.temp_path(self.out_dir / self._name())
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self._count = 0
         self._bytes = 0
@@ -106,11 +107,8 @@ class ShardWriter:
     def _finish(self) -> None:
         assert self._tar is not None and self._tmp is not None
         self._tar.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
         name = self._name()
-        final = self.out_dir / name
-        os.replace(self._tmp, final)
+        final = files.commit(self._tmp, self.out_dir / name)
         self.shards.append(ShardInfo(name, self.split, self._count, final.stat().st_size, sha256_file(final)))
         log.info("wrote %s (%d samples)", final, self._count)
         self._tar = None
@@ -120,7 +118,7 @@ class ShardWriter:
 class ZarrWriter:
     """One Zarr v3 store; one group per subject holding whole arrays (image, mask, label, truth).
 
-    Written under `<name>.tmp` and renamed over `<name>` by `close()` after consolidating metadata once; the
+    Written under a temporary name and renamed over `<name>` by `close()` after consolidating metadata once; the
     writing process owns whole arrays (never slices of a shared array: zarr-python#3682).
     """
 
@@ -128,7 +126,7 @@ class ZarrWriter:
         import zarr
 
         self.final = Path(out_dir) / name
-        self.tmp = Path(out_dir) / f".{name}.tmp"
+        self.tmp = files.temp_path(self.final)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
@@ -152,8 +150,7 @@ class ZarrWriter:
             zarr.consolidate_metadata(str(self.tmp))
         if self.final.exists():
             shutil.rmtree(self.final)
-        os.replace(self.tmp, self.final)
-        return self.final
+        return files.commit(self.tmp, self.final)
 
     def abort(self) -> None:
         if self.tmp.exists():

@@ -1,19 +1,20 @@
-"""cmgan.config: defaults from MODEL.md, TOML + dotted overrides, errors that name the field and the fix."""
+"""cmgan.config: defaults from docs/method.md, TOML + dotted overrides, errors that name the field and the fix."""
 
 import json
 import tomllib
-
-import pytest
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+import pytest
 
 from cmgan.config import ConfigError, RunConfig, dumps_json, dumps_toml, load_config, replace, save_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_defaults_are_the_papers_constants():
     cfg = RunConfig()
-    assert (cfg.model.image_size, cfg.model.width, cfg.model.fusion, cfg.model.disc_input) == (256, 64, "sigmoid", "concat")
+    model = cfg.model
+    assert (model.image_size, model.width, model.fusion, model.disc_input) == (256, 64, "sigmoid", "concat")
     assert (cfg.loss.cycle, cfg.loss.identity, cfg.loss.gray, cfg.loss.edge, cfg.loss.adversarial) == (10, 5, 10, 10, 1)
     assert cfg.loss.disc_x == cfg.loss.disc_y == 0.5 and cfg.loss.pool_size == 50
     assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.5, 0.999)
@@ -70,3 +71,21 @@ def test_replace_validates_again():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_choice_fields_accept_exactly_the_keys_of_the_registries_that_implement_them():
+    from cmgan.data.pipeline import RESUME_MODES
+    from cmgan.eval.structure import SSIM_KERNELS
+    from cmgan.models.discriminator import DISC_INPUT
+    from cmgan.models.edges import LAPLACIAN_KERNELS
+    from cmgan.models.generator import FUSION
+
+    registries = {"model.fusion": FUSION, "model.disc_input": DISC_INPUT, "model.laplacian": LAPLACIAN_KERNELS,
+                  "data.resume": RESUME_MODES, "eval.ssim_kernel": SSIM_KERNELS}
+    for name, registry in registries.items():
+        section, key = name.split(".")
+        for value in registry:
+            assert getattr(getattr(load_config(None, [f'{name}="{value}"']), section), key) == value
+        with pytest.raises(ConfigError, match=rf"{name}='nope' is not valid; choose one of \[.*\]") as e:
+            load_config(None, [f'{name}="nope"'])
+        assert str(e.value).endswith(str(list(registry)))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from cmgan.colorize.writers import FORMATS
+from cmgan.logs import setup_logging
 
 EPILOG = """\
 inputs: NIfTI files (.nii/.nii.gz), DICOM series folders (one series per folder), Zarr stores written by
@@ -54,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     log = logging.getLogger("cmgan.colorize")
 
     from cmgan.colorize.runner import ColorizeOptions, exit_code, run_colorize
+    from cmgan.distenv import DistributedError
     from cmgan.export import ExportError
 
     try:
@@ -87,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
         return 2
+    except DistributedError as e:  # GPUs given to the job but unusable: the reason and what to do
+        log.error("%s", e)
+        return 1
     c = summary["counts"]
     log.info("%d done, %d skipped, %d failed of %d; %s slices/s; summary in %s", c["done"], c["skipped"],
              c["failed"], c["inputs"], summary.get("slices_per_s"), args.out)
@@ -96,9 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _submit(opts, args):  # noqa: ANN001, ANN202 - argparse namespace
     from cmgan.colorize.inputs import discover
     from cmgan.colorize.submit import submit_colorize
-    from cmgan.sweep.profile import load_profile
-
     from cmgan.export import resolve_export_path
+    from cmgan.sweep.profile import load_profile
 
     resolve_export_path(opts.checkpoint)  # a wrong path fails here, not in every array task
     profile = load_profile(args.profile)

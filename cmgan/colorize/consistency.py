@@ -2,7 +2,7 @@
 
 G colorizes each slice alone, so the same tissue can change hue from one slice to the next ("flicker" when a
 viewer scrolls through the volume or reslices it). Measured inside the foreground of both slices of every
-adjacent pair along the slicing axis, in CIE Lab (sRGB, D65):
+adjacent pair along the slicing axis, in CIE Lab (`cmgan.colorspace`: sRGB, D65):
 
     delta_e   mean |Lab(k+1) - Lab(k)| (CIE76 Delta E): total colour change, anatomy included
     delta_ab  mean |ab(k+1) - ab(k)|: the chroma part, where flicker shows (luminance follows the MR anyway)
@@ -20,30 +20,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cmgan.colorspace import srgb8_to_lab
 from cmgan.data.normalize import take_slice
-
-_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                 [0.2126729, 0.7151522, 0.0721750],
-                 [0.0193339, 0.1191920, 0.9503041]], dtype=np.float32)
-_WHITE = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
-
-
-def _srgb_to_linear_table() -> np.ndarray:
-    """sRGB uint8 code value -> linear light in [0, 1], one entry per code value (IEC 61966-2-1)."""
-    v = np.arange(256, dtype=np.float64) / 255.0
-    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-_LINEAR = _srgb_to_linear_table()
-
-
-def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 sRGB -> (..., 3) float32 CIE Lab (D65): L in [0, 100], a and b about [-128, 127]."""
-    xyz = _LINEAR[rgb] @ _XYZ.T / _WHITE
-    eps = (6 / 29) ** 3
-    f = np.where(xyz > eps, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])],
-                    axis=-1).astype(np.float32)
 
 
 def slice_consistency(rgb: np.ndarray, mask: np.ndarray, axis: int) -> dict[str, Any]:
@@ -57,7 +35,7 @@ def slice_consistency(rgb: np.ndarray, mask: np.ndarray, axis: int) -> dict[str,
     prev_lab = prev_mask = None
     for k in range(rgb.shape[axis]):
         m = take_slice(mask, axis, k)
-        lab = rgb_to_lab(take_slice(rgb, axis, k)) if m.any() else None
+        lab = srgb8_to_lab(take_slice(rgb, axis, k)) if m.any() else None
         if lab is not None and prev_lab is not None:
             both = m & prev_mask
             n = int(both.sum())

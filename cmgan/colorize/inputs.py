@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmgan.data.volumes import NIFTI_SUFFIXES, is_dicom_file
+from cmgan.distenv import detect_env
+from cmgan.files import sha256_file
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 KINDS = ("nifti", "dicom", "zarr")
@@ -82,7 +84,8 @@ def shard_from_env(env: dict[str, str] | None = None) -> Shard:
     """The shard of this process from the environment (Shard(0, 1) when nothing is set).
 
     SLURM array tasks (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT) are split further by
-    the ranks inside each task (RANK/WORLD_SIZE from torchrun, else SLURM_PROCID/SLURM_NTASKS from srun):
+    the ranks inside each task (`cmgan.distenv.detect_env`: torchrun's RANK/WORLD_SIZE, else an srun step's
+    SLURM_PROCID/SLURM_STEP_NUM_TASKS; a batch script's own shell is one process):
     task t, rank r of w -> shard t*w + r of count*w.
     """
     env = dict(os.environ if env is None else env)
@@ -90,13 +93,8 @@ def shard_from_env(env: dict[str, str] | None = None) -> Shard:
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         tasks = int(env["SLURM_ARRAY_TASK_COUNT"])
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-    else:
-        rank, world = 0, 1
-    return Shard(task * world + rank, tasks * world)
+    where = detect_env(env)
+    return Shard(task * where.world_size + where.rank, tasks * where.world_size)
 
 
 def partition(inputs: list[Input], shard: Shard) -> list[Input]:
@@ -260,7 +258,7 @@ def input_sha256(inp: Input) -> str:
     files in sorted relative-path order (name and content digest of each), so any added, removed, renamed or
     changed file changes it."""
     if inp.path.is_file():
-        return _file_sha256(inp.path)
+        return sha256_file(inp.path)
     if inp.kind == "dicom":
         files = sorted(p for p in inp.path.iterdir() if p.is_file() and not p.name.startswith("."))
     else:
@@ -268,15 +266,7 @@ def input_sha256(inp: Input) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(inp.path).as_posix().encode() + b"\0")
-        h.update(bytes.fromhex(_file_sha256(f)))
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
+        h.update(bytes.fromhex(sha256_file(f)))
     return h.hexdigest()
 
 

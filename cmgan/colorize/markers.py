@@ -12,7 +12,6 @@ either a marker that tells the truth or no marker (and the volume is redone).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,6 @@ SUFFIX = ".colorize.json"
 
 def marker_path(out: Path, key: str) -> Path:
     return Path(out) / f"{key}{SUFFIX}"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """JSON to `path` via a sibling temporary, fsync and rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:

@@ -15,18 +15,18 @@ and settings) or "failed" (with the reason; the others go on). The summary JSON 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from cmgan import files
 from cmgan.colorize.consistency import slice_consistency, smooth_chroma
 from cmgan.colorize.inputs import (
     Input,
@@ -38,9 +38,9 @@ from cmgan.colorize.inputs import (
     peek_voxels,
     shard_from_env,
 )
-from cmgan.colorize.markers import marker_path, read_marker, why_not_done, write_json_atomic
 from cmgan.colorize.markers import FORMAT as MARKER_FORMAT
 from cmgan.colorize.markers import VERSION as MARKER_VERSION
+from cmgan.colorize.markers import marker_path, read_marker, why_not_done
 from cmgan.colorize.volume import PreparedVolume, colorize_prepared, prepare_volume, read_source, to_native
 from cmgan.colorize.writers import (
     FORMATS,
@@ -53,6 +53,7 @@ from cmgan.colorize.writers import (
 )
 from cmgan.data.normalize import Normalization, NormalizationError
 from cmgan.data.volumes import VolumeError
+from cmgan.distenv import cuda_unavailable_reason, rank_device, require_cuda_if_assigned
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,15 @@ class NullReporter:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda:<local rank> when CUDA is available (one GPU per rank; LOCAL_RANK from torchrun, else
-    SLURM_LOCALID from srun/submitit), else cpu."""
+    """"auto" -> this rank's GPU when CUDA is available (`cmgan.distenv.rank_device`: one GPU per local rank, or
+    the task's only GPU), else cpu; a job given GPUs that torch cannot use stops with the reason."""
     if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-            return torch.device("cuda", local % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(name)
+        return rank_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        require_cuda_if_assigned()
+        raise ValueError(f"--device {name}: CUDA is unavailable ({cuda_unavailable_reason()})")
+    return device
 
 
 def summary_path(out: Path, shard: Shard) -> Path:
@@ -195,7 +197,7 @@ class _Run:
         }
         self.records: dict[str, dict[str, Any]] = {}
         self.order: list[str] = []
-        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self.t0 = time.perf_counter()
         self.last_summary = 0.0
         self.summary_file = summary_path(self.out, self.shard)
@@ -287,9 +289,9 @@ class _Run:
                 "input_sha256": loaded.sha256, "model_id": self.export.model_id, "settings": self.settings,
                 "outputs": outputs, "slices": record["slices"], "seconds": record["seconds"],
                 "consistency": record["consistency"],
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            write_json_atomic(mpath, marker)
+            files.write_json(mpath, marker)
             record.update(status="done", outputs={f: str(self.out / o["path"]) for f, o in outputs.items()})
         except Exception as e:  # noqa: BLE001 - a full disk or a bad path fails this volume, not the run
             log.debug("writing %s failed", inp.key, exc_info=True)
@@ -337,7 +339,7 @@ class _Run:
 
     def write_summary(self, final: bool) -> dict[str, Any]:
         summary = self.summary(final)
-        write_json_atomic(self.summary_file, summary)
+        files.write_json(self.summary_file, summary)
         self.last_summary = time.perf_counter()
         return summary
 

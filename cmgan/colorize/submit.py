@@ -16,9 +16,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from cmgan import files
 from cmgan.colorize.inputs import Shard
-from cmgan.colorize.markers import write_json_atomic
 from cmgan.colorize.runner import SUMMARY_FORMAT, ColorizeOptions, run_colorize
+from cmgan.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class ColorizeJob:
         return Shard(self.task * world + rank, self.tasks * world)
 
     def __call__(self) -> dict[str, Any]:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging()  # the job's own process: its log goes to the job's stderr file
         shard = self.shard()
         opts = dataclasses.replace(self.opts, shard=f"{shard.index}/{shard.count}")
         summary = run_colorize(opts)
@@ -71,8 +72,8 @@ def submit_colorize(opts: ColorizeOptions, profile: Any, jobs: int, wait: bool =
             submitted = [executor.submit(ColorizeJob(opts, t, jobs)) for t in range(jobs)]
     ids = [str(j.job_id) for j in submitted]
     log.info("submitted %d colorize task(s) on profile %s: %s", jobs, profile.name, ", ".join(ids))
-    write_json_atomic(out / "submission.json", {"run_id": opts.run_id, "profile": profile.name, "jobs": ids,
-                                                "shards": jobs * profile.num_tasks})
+    files.write_json(out / "submission.json", {"run_id": opts.run_id, "profile": profile.name, "jobs": ids,
+                                               "shards": jobs * profile.num_tasks})
     if not wait:
         return None
     errors = []
@@ -85,7 +86,7 @@ def submit_colorize(opts: ColorizeOptions, profile: Any, jobs: int, wait: bool =
     summary["job_errors"] = errors
     if errors:
         summary["counts"]["failed"] += len(errors)
-    write_json_atomic(out / "summary.json", summary)
+    files.write_json(out / "summary.json", summary)
     return summary
 
 

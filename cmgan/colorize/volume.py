@@ -15,10 +15,11 @@ which are used as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -164,14 +165,36 @@ def rgb_to_uint8(rgb: np.ndarray) -> np.ndarray:
 
 
 def colorize_batches(export: Any, slices: np.ndarray, batch: int) -> Any:
-    """Yield (start, rgb) for consecutive batches: rgb (B, S, S, 3) float32 in [-1, 1], from `export.colorize`."""
-    pin = export.device.type == "cuda"
+    """Yield (start, rgb) for consecutive batches: rgb (B, S, S, 3) float32 in [-1, 1], from `export.colorize`.
+
+    On a GPU the copies are asynchronous from and to pinned memory, and batch i is handed out only after batch
+    i + 1 has been queued, so the GPU computes while the caller assembles (one wait per batch, on its own copy).
+    """
+    cuda = export.device.type == "cuda"
+    pending: tuple[int, torch.Tensor, Any] | None = None
     for start in range(0, len(slices), batch):
         x = torch.from_numpy(slices[start : start + batch].astype(np.float32))[:, None]
-        if pin:
-            x = x.pin_memory()
-        rgb = export.colorize(x)  # (B, 3, S, S)
-        yield start, rgb.permute(0, 2, 3, 1).cpu().numpy()
+        if cuda:
+            x = x.pin_memory().to(export.device, non_blocking=True)
+        rgb = export.colorize(x).permute(0, 2, 3, 1)  # (B, S, S, 3)
+        done = None
+        if cuda:
+            host = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True)
+            host.copy_(rgb, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            rgb = host
+        if pending is not None:
+            yield _ready(*pending)
+        pending = (start, rgb, done)
+    if pending is not None:
+        yield _ready(*pending)
+
+
+def _ready(start: int, rgb: torch.Tensor, done: Any) -> tuple[int, np.ndarray]:
+    if done is not None:
+        done.synchronize()  # this batch's copy to the host has landed
+    return start, rgb.numpy()
 
 
 def colorize_prepared(

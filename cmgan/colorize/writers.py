@@ -21,6 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from cmgan import files
 from cmgan.colorize.volume import NativeGeometry
 from cmgan.data.normalize import take_slice
 
@@ -35,28 +36,24 @@ class OutputError(RuntimeError):
 
 
 def tmp_name(final: Path) -> Path:
-    """`dir/.name.tmp<pid><suffix>`: a sibling temporary (same file system, so the rename is atomic)."""
-    suffix = SUFFIX["nifti"] if final.name.endswith(".nii.gz") else ""
-    return final.with_name(f".{final.name}.tmp{os.getpid()}{suffix}")
+    """The sibling temporary of `final` (cmgan.files' convention), keeping `.nii.gz` so nibabel writes gzip."""
+    return files.temp_path(final, SUFFIX["nifti"] if final.name.endswith(".nii.gz") else "")
 
 
 def remove_stale(final: Path) -> None:
     """Delete temporaries and half-swapped leftovers of `final` from killed runs."""
-    for p in final.parent.glob(f".{final.name}.tmp*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in final.parent.glob(f".{final.name}.old*"):
+    for p in files.stale_temps(final) + sorted(final.parent.glob(f".{final.name}.old*")):
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _commit(tmp: Path, final: Path) -> None:
-    if tmp.is_dir():
-        old = final.with_name(f".{final.name}.old{os.getpid()}")
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    """fsync `tmp` and rename it over `final`; an existing output directory is first moved aside (os.replace
+    cannot replace a non-empty directory) and deleted after."""
+    old = final.with_name(f".{final.name}.old{os.getpid()}")
+    if tmp.is_dir() and final.exists():
+        os.replace(final, old)
+    files.commit(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def output_bytes(path: Path) -> int:
@@ -228,11 +225,6 @@ def write_montage(path: Path, image: np.ndarray, rgb: np.ndarray, mask: np.ndarr
         tops.append(np.repeat(gray[..., None], 3, axis=2))
         bottoms.append(take_slice(rgb, axis, k))
     sheet = np.concatenate([np.concatenate(tops, axis=1), np.concatenate(bottoms, axis=1)], axis=0)
-    tmp = tmp_name(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "wb") as f:
+    with files.atomic_open(path, "wb") as f:
         Image.fromarray(sheet, "RGB").save(f, format="PNG")
-        f.flush()
-        os.fsync(f.fileno())
-    _commit(tmp, path)
     return path

@@ -20,11 +20,11 @@ A volume id is its subject's pseudonym, or `<subject>v<n>` when a subject has se
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from cmgan import files
 
 FORMAT = "cmgan-shards"
 VERSION = 1
@@ -35,28 +35,9 @@ class ManifestError(ValueError):
     """A shard directory has no readable manifest."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes to `path` via a temporary file in the same directory and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / NAME
-    write_atomic(path, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    files.write_json(path, manifest, indent=1)
     return path
 
 

@@ -37,9 +37,10 @@ import logging
 import random
 import re
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ class _Skipper:
         self.where = where
         self.count = 0
 
-    def __call__(self, exn: BaseException) -> bool:
+    def __call__(self, exn: BaseException | str) -> bool:
         self.count += 1
         if self.count <= 20 or self.count % 1000 == 0:
             log.warning("%s: skipped a corrupt sample or shard (%d so far): %s", self.where, self.count, exn)
@@ -250,6 +251,9 @@ class _Domain:
     urls: tuple[str, ...]
     manifest_size: int
     label: bool
+    classes: int = 0
+    """Labels must lie in [0, classes) (0: unchecked); checked here on the CPU, where a bad value names its sample
+    (on a GPU it would be an opaque device-side assert inside the loss)."""
 
 
 class _BatchStream(IterableDataset):
@@ -307,11 +311,16 @@ class _BatchStream(IterableDataset):
         for sample in raw:
             index = position
             position += 1
+            if d.label and schema.LABEL_KEY not in sample:
+                continue  # a slice of an unlabelled volume in a partly labelled split: not an error, not used
             try:
-                batch.append((decode_checked(sample, d.domain, d.manifest_size, d.label), index))
+                decoded = decode_checked(sample, d.domain, d.manifest_size, d.label)
+                if d.classes:
+                    check_labels(decoded, d.classes, sample.get("__url__", "?"))
+                batch.append((decoded, index))
                 bad_run = 0
             except (DecodeError, schema.SchemaError) as e:
-                skipper(e)
+                skipper(f"{sample.get('__url__', '?')}: {e}")  # the shard's path: where to look
                 bad_run += 1
                 if bad_run > 10_000:
                     raise DataError(f"{d.name}: 10000 corrupt samples in a row in {urls}; last: {e}") from None
@@ -334,9 +343,41 @@ class _BatchStream(IterableDataset):
         return out
 
 
+def check_labels(sample: dict[str, Any], classes: int, url: str = "?") -> None:
+    """SchemaError unless every label value of the decoded `sample` is in [0, classes)."""
+    label = sample[schema.LABEL_KEY]
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi >= classes:
+        raise schema.SchemaError(f"sample {sample['__key__']!r} ({url}): label values {lo}..{hi} outside "
+                                 f"[0, {classes}) (model.seg_classes={classes})")
+
+
 def _all_labelled(manifest: dict[str, Any], split: str) -> bool:
     vols = [v for v in manifest.get("volumes", {}).values() if v.get("split") == split]
     return bool(vols) and all(v.get("labelled") for v in vols)
+
+
+def labelled_volumes(manifest: dict[str, Any], split: str) -> tuple[int, int]:
+    """(labelled, unlabelled) volume counts of `split` in a shard manifest."""
+    vols = [v for v in manifest.get("volumes", {}).values() if v.get("split") == split]
+    labelled = sum(1 for v in vols if v.get("labelled"))
+    return labelled, len(vols) - labelled
+
+
+def _shards_with_labels(urls: list[str]) -> list[str]:
+    """The shards holding at least one label member (tar headers only; an unreadable shard is kept, so the
+    stream's skipper reports it)."""
+    import tarfile
+
+    keep = []
+    for url in urls:
+        try:
+            with tarfile.open(url, "r:") as tar:
+                if any(name.endswith("." + schema.LABEL_KEY) for name in tar.getnames()):
+                    keep.append(url)
+        except (tarfile.TarError, OSError, EOFError):
+            keep.append(url)
+    return keep
 
 
 class _Stream:
@@ -461,19 +502,27 @@ class LabelledStream(_Stream):
     """Endless labelled MR batches for segmentation pretraining: {"image", "label", "mask", "keys"}.
 
     image (B, 1, H, W) float32 in [-1, 1]; label (B, H, W) int64 in [0, classes); mask (B, 1, H, W) float32.
-    Every volume of the split must be labelled. Other arguments as `UnpairedStream`; `batch_size` defaults to
-    data_cfg.batch_size; `split` to data_cfg.split.
+    Only the slices of labelled volumes are used (a partly labelled split is the usual case; `skipped_volumes`
+    says how many volumes had no labels); DataError when the split has no labelled volume. Other arguments as
+    `UnpairedStream`; `batch_size` defaults to data_cfg.batch_size; `split` to data_cfg.split.
     """
 
     def __init__(self, data_cfg: DataConfig, image_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  start_state: dict[str, Any] | None = None, batch_size: int | None = None,
-                 split: str | None = None) -> None:
+                 split: str | None = None, num_classes: int = 0) -> None:
         split = split or data_cfg.split
         urls, manifest = split_shards(data_cfg.mr_shards, split, "mr")
-        if not _all_labelled(manifest, split):
-            raise DataError(f"{data_cfg.mr_shards}: split {split!r} has volumes without labels; "
-                            "segmentation pretraining needs shards built with --labels")
-        domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True)]
+        labelled, self.skipped_volumes = labelled_volumes(manifest, split)
+        urls = _shards_with_labels(urls) if self.skipped_volumes else urls
+        if not labelled or not urls:
+            raise DataError(f"{data_cfg.mr_shards}: no labelled volume in split {split!r} "
+                            f"({self.skipped_volumes} unlabelled); segmentation pretraining needs shards built "
+                            "with --labels")
+        values = manifest.get("label_values") or []
+        if num_classes and values and max(values) >= num_classes:
+            raise DataError(f"{data_cfg.mr_shards}: label values {values} need more than model.seg_classes="
+                            f"{num_classes} classes; set model.seg_classes={max(values) + 1}")
+        domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True, num_classes)]
         super().__init__(domains, data_cfg, image_size, rank, world_size, seed, start_state,
                          batch_size or data_cfg.batch_size, data_cfg.resume)
 
@@ -520,8 +569,8 @@ def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int
     disjoint and together cover every sample exactly once). Whole shards before the block are skipped without
     reading. keys: members to decode (default: all known members present), e.g. ("mr.npy", "truth.npy",
     "meta.json"). Yields {"__key__": str, member: np.ndarray | dict}; arrays as stored (schema dtypes). Corrupt
-    samples are logged with their key and skipped. An unreadable shard is logged and skipped, or with
-    strict=True raises DataError naming it (evaluation must not quietly measure a subset).
+    samples and unreadable shards are logged and skipped, or with strict=True raise DataError naming the shard
+    (and the sample) (evaluation must not quietly measure a subset).
     """
     import tarfile
 
@@ -547,6 +596,8 @@ def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int
                             if name in schema.MEMBERS:
                                 schema.check_member(key, name, value, manifest["size"])
                     except (DecodeError, schema.SchemaError) as e:
+                        if strict:  # an evaluation must not measure a subset without saying so
+                            raise DataError(f"{url}: {e}; check it with `python -m shards verify`") from None
                         log.warning("%s: skipped: %s", url, e)
                         continue
                     yield sample

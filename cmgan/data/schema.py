@@ -39,7 +39,7 @@ BACKGROUND = {"mr": -1.0, "color": 0}
 """Background value of each domain's stored image (after masking)."""
 
 LABEL_NAMES = ("background", "cortex", "subcortical_gm", "white_matter", "csf")
-"""Classes of the segmentation labels (MODEL.md): index = label value."""
+"""Classes of the segmentation labels (docs/method.md): index = label value."""
 
 META_FIELDS = ("subject", "slice", "axis", "spacing", "source_sha256", "domain", "split")
 

@@ -104,6 +104,7 @@ def read_volume(path: str | Path, *, canonical: bool = True) -> Volume:
     else:
         raise VolumeError(path, f"unknown volume format (expected {' or '.join(NIFTI_SUFFIXES)}, a DICOM series "
                                 "folder or a Zarr array)")
+    _check_geometry(vol)
     _check_values(vol)
     return to_canonical(vol) if canonical else vol
 
@@ -156,12 +157,33 @@ def _read_nifti(path: Path) -> Volume:
         data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as e:
         raise VolumeError(path, f"voxel data unreadable ({type(e).__name__}: {e})") from None
-    if data.ndim == 2:
-        data = data[:, :, None]
+    if data.ndim < 3:
+        # A single image, not a volume: its slicing axis and through-plane geometry are undefined.
+        raise VolumeError(path, f"is {data.ndim}D with shape {img.shape}; expected one 3D volume (X, Y, Z)")
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise VolumeError(path, "has a missing or singular affine (no usable qform/sform)")
+    _check_stored_voxel_size(path, img, data.shape)
     return Volume(data, affine, str(path), "nifti", identity_from_path(path))
+
+
+def _check_stored_voxel_size(path: Path, img: Any, shape: tuple[int, ...]) -> None:
+    """Reject a zero voxel size stored in the header. nibabel replaces a zero pixdim by 1 mm when it loads the
+    header (with only a printed warning), so a degenerate geometry would be sliced as if it were 1 mm; the qform
+    and the fallback affine are built from pixdim, so it matters unless a valid sform overrides it."""
+    header = img.header
+    if int(header.get("sform_code", 0)) > 0 or not hasattr(header, "from_fileobj"):
+        return
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            raw = type(header).from_fileobj(f, check=False)
+        pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - the header loaded above; a second read failing leaves nibabel's view
+        return
+    for axis, (size, mm) in enumerate(zip(shape, pixdim)):
+        if size > 1 and (not np.isfinite(mm) or mm == 0):
+            raise VolumeError(path, f"singular affine: voxel size {mm} mm along axis {axis} in the header "
+                                    "(pixdim); set the true voxel size in the header (e.g. nibabel header.set_zooms)")
 
 
 # ---------------------------------------------------------------------------------------------- DICOM
@@ -302,6 +324,18 @@ def _read_zarr(path: Path) -> Volume:
 
 
 # ---------------------------------------------------------------------------------------------- checks
+
+
+def _check_geometry(vol: Volume) -> None:
+    """Every reader's affine must map voxels to space invertibly (a zero voxel size, e.g. a DICOM PixelSpacing of 0
+    or a Zarr spacing of 0, collapses an axis: slicing and resampling would be meaningless)."""
+    a = np.asarray(vol.affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise VolumeError(vol.source, "affine is missing or not finite; cannot place the voxels in space")
+    sizes = np.linalg.norm(a[:3, :3], axis=0)
+    if sizes.min() <= 1e-6 or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise VolumeError(vol.source, f"singular affine (voxel sizes {np.round(sizes, 6).tolist()} mm): zero voxel "
+                                      "size or collinear axes; fix the geometry in the file's header")
 
 
 def _check_values(vol: Volume) -> None:

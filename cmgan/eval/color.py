@@ -1,7 +1,7 @@
 """Color truth on demo data: CIEDE2000 against the true rendering, and tissue color consistency across slices.
 
 Demo MR test slices carry `truth.npy` (the phantom's true color rendering, uint8) and `label.npy` (tissue
-classes). Colors are compared in CIELAB (sRGB, D65, 2 degree observer; the same conversion as scikit-image's
+classes). Colors are compared in CIELAB (`cmgan.colorspace`: sRGB, D65, 2 degree observer, as scikit-image's
 `rgb2lab`), float64:
 - `slice_delta_e`: mean CIEDE2000 (kL = kC = kH = 1) between output and truth over the foreground mask.
 - `label_mean_lab`: per slice, the mean Lab color of each tissue label; `color_spread` then measures, per
@@ -17,26 +17,7 @@ import math
 import numpy as np
 import torch
 
-XYZ_FROM_RGB = (
-    (0.412453, 0.357580, 0.180423),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334, 0.119193, 0.950227),
-)
-"""Linear sRGB -> CIE XYZ (scikit-image's matrix)."""
-
-WHITE_D65 = (0.95047, 1.0, 1.08883)
-"""Reference white of illuminant D65, 2 degree observer."""
-
-
-def srgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """(..., 3) sRGB in [0, 1] -> (..., 3) CIELAB (L in [0, 100]) float64."""
-    rgb = rgb.to(torch.float64)
-    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = lin @ torch.tensor(XYZ_FROM_RGB, dtype=torch.float64).T
-    xyz = xyz / torch.tensor(WHITE_D65, dtype=torch.float64)
-    f = torch.where(xyz > 0.008856, torch.pow(xyz.clamp_min(0.0), 1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
-    fx, fy, fz = f.unbind(-1)
-    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], -1)
+from cmgan.colorspace import srgb_to_lab
 
 
 def _polar_2pi(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,8 @@
 """The evaluator: colorize the MR test split and measure it, on 1 or N ranks, with a result independent of N.
 
-Per slice: SSIM, PSNR, MI of the output's luminance vs the input (`structure`); on demo data with a true
+Per slice: SSIM, PSNR, MI of the output's luminance vs the input (`structure`), SSIM and PSNR also over the
+foreground only (`ssim_fg`, `psnr_fg`: the anatomy, slightly dilated) and as the paper's authors computed them
+(`ssim_paper`, `psnr_paper`: 8-bit images, uniform 101-pixel window; `paper_structure`); on demo data with a true
 rendering also the mean CIEDE2000 against it and the mean Lab color of every tissue label (`color`). FID of all
 outputs against the real color domain (`fid`), with the real statistics cached by data and weights.
 
@@ -17,10 +19,8 @@ and raised on every rank.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmgan import distenv, files
 from cmgan.config import EvalConfig, to_dict
 from cmgan.data import schema
 from cmgan.data.manifest import read_manifest
-from cmgan.eval import color, fid, ranks, structure
+from cmgan.eval import color, fid, structure
 from cmgan.eval.reference import FIDModel, NoRealImages, load_fid_model, real_statistics
 from cmgan.eval.slices import MR_MEMBERS, SliceBatch, mr_batches, read_samples
 
@@ -65,14 +66,64 @@ def _nan_to_none(x: Any) -> Any:
     return x
 
 
+PAPER_WINDOW = 101
+"""The authors' SSIM window: uniform, 101 x 101 pixels, sample covariance, on 8-bit images (data range 255)."""
+
+STRUCTURE_KEYS = ("ssim", "psnr", "ssim_fg", "psnr_fg", "ssim_paper", "psnr_paper", "mi")
+"""Per-slice structure metrics, each summarized over slices and averaged per subject."""
+
+HEADLINES = {"default": ("ssim", "psnr"), "paper": ("ssim_paper", "psnr_paper")}
+"""The SSIM/PSNR pair each `eval.preset` puts first; every key keeps its one meaning whatever the preset."""
+
+
+def paper_window(height: int, width: int) -> int:
+    """The paper's 101-pixel window, clipped to the largest odd size that fits an H x W image (63 at 64 x 64)."""
+    side = min(height, width)
+    return min(PAPER_WINDOW, side if side % 2 else side - 1)
+
+
+def to_uint8_levels(unit: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> the 0..255 integer levels (as float64) an 8-bit PNG stores: round half up, clipped, as
+    torchvision's save_image and PIL write them."""
+    return torch.floor(unit.to(torch.float64) * 255.0 + 0.5).clamp(0.0, 255.0)
+
+
+def paper_structure(gray: torch.Tensor, rgb: torch.Tensor) -> tuple[dict[str, torch.Tensor], int]:
+    """The authors' SSIM and PSNR: gray (B, 1, H, W) and rgb (B, 3, H, W) in [-1, 1] are written as 8-bit images,
+    the RGB read back as 8-bit gray (BT.601, rounded: PIL's "L" conversion), then compared with data range 255:
+    SSIM over a uniform window (`paper_window`) with sample covariance, PSNR per image.
+
+    returns ({"ssim_paper", "psnr_paper"}: (B,) float64 each, the window used).
+    """
+    x8 = to_uint8_levels(structure.to_unit(gray))
+    y8 = torch.floor(structure.luminance(to_uint8_levels(structure.to_unit(rgb))) + 0.5).clamp(0.0, 255.0)
+    window = paper_window(*gray.shape[-2:])
+    # SSIM and PSNR are unchanged when images and data range are scaled together: compare on [0, 1], range 1.
+    x, y = x8 / 255.0, y8 / 255.0
+    out = {
+        "ssim_paper": structure.ssim(y, x, 1.0, window, "uniform", sample_covariance=True),
+        "psnr_paper": structure.psnr(y, x, 1.0),
+    }
+    return out, window
+
+
 def slice_records(
     batch: SliceBatch, rgb: torch.Tensor, cfg: EvalConfig, num_labels: int
 ) -> list[dict[str, Any]]:
-    """Per-slice metrics of one colorized batch (rgb (B, 3, H, W) float32 in [-1, 1])."""
+    """Per-slice metrics of one colorized batch (rgb (B, 3, H, W) float32 in [-1, 1]).
+
+    Foreground SSIM/PSNR use the slice's mask dilated by `cfg.fg_dilate` (NaN without a mask); the paper's SSIM
+    and PSNR come from `paper_structure`, and each record notes the window it used (`paper_window`).
+    """
+    fg = structure.foreground(batch.mask, cfg.fg_dilate) if batch.mask is not None else None
     s = structure.structure_metrics(
-        batch.mr, rgb, cfg.ssim_window, cfg.ssim_kernel, cfg.ssim_sigma, cfg.ssim_sample_covariance, cfg.mi_bins
+        batch.mr, rgb, cfg.ssim_window, cfg.ssim_kernel, cfg.ssim_sigma, cfg.ssim_sample_covariance, cfg.mi_bins,
+        mask=fg,
     )
+    paper, window = paper_structure(batch.mr, rgb)
+    s.update(paper)
     b = len(batch.keys)
+    nan = torch.full((b,), math.nan, dtype=torch.float64)
     de = [math.nan] * b
     lab_means = truth_means = None
     if batch.truth is not None or batch.label is not None:
@@ -89,9 +140,8 @@ def slice_records(
         {
             "key": batch.keys[i],
             "subject": batch.subjects[i],
-            "ssim": float(s["ssim"][i]),
-            "psnr": float(s["psnr"][i]),
-            "mi": float(s["mi"][i]),
+            **{name: float(s.get(name, nan)[i]) for name in STRUCTURE_KEYS},
+            "paper_window": window,
             "delta_e2000": de[i],
             "lab": None if lab_means is None else lab_means[i],
             "truth_lab": None if truth_means is None else truth_means[i],
@@ -143,9 +193,9 @@ def evaluate_batches(
                 fake.update(fid_model.features(fid.fid_input(rgb, cfg.fid_quantize)))
     except Exception as e:  # noqa: BLE001 - exchanged and re-raised on every rank
         error = e
-    ranks.raise_if_any_failed(error)
+    distenv.raise_if_any_failed(error)
 
-    merged = sorted((r for part in ranks.gather(records) for r in part), key=lambda r: r["key"])
+    merged = sorted((r for part in distenv.gather(records) for r in part), key=lambda r: r["key"])
     keys = [r["key"] for r in merged]
     if len(set(keys)) != len(keys):
         dup = sorted(k for k, c in Counter(keys).items() if c > 1)[:5]
@@ -153,7 +203,8 @@ def evaluate_batches(
     if not merged:
         raise ValueError("no slices to evaluate: the split is empty")
 
-    metrics: dict[str, Any] = {name: summarize([r[name] for r in merged]) for name in ("ssim", "psnr", "mi")}
+    metrics: dict[str, Any] = {name: summarize([r[name] for r in merged]) for name in STRUCTURE_KEYS}
+    metrics["headline"] = list(HEADLINES[cfg.preset])
     fid_value = None
     if fake is not None:
         fake.all_reduce()
@@ -161,7 +212,7 @@ def evaluate_batches(
             fid_reason = f"only {fake.count} colorized image(s); FID needs >= 2"
         else:
             mu, sigma = fake.mean_cov()
-            fid_value = ranks.broadcast(fid.frechet_distance(mu, sigma, *real) if ranks.world()[0] == 0 else None)
+            fid_value = distenv.broadcast(fid.frechet_distance(mu, sigma, *real) if distenv.world()[0] == 0 else None)
     metrics["fid"] = fid_value
     metrics["fid_unavailable"] = None if fid_value is not None else fid_reason
     metrics["fid_count"] = fake.count if fake is not None else 0
@@ -173,7 +224,7 @@ def evaluate_batches(
     spreads: dict[str, list[np.ndarray]] = {"lab": [], "truth_lab": []}
     for subject, rows in by_subject.items():
         entry: dict[str, Any] = {"count": len(rows)}
-        for name in ("ssim", "psnr", "mi", "delta_e2000"):
+        for name in (*STRUCTURE_KEYS, "delta_e2000"):
             a = _finite([r[name] for r in rows])
             entry[name] = float(a.mean()) if a.size else None
         for which in ("lab", "truth_lab"):
@@ -192,13 +243,29 @@ def evaluate_batches(
             metrics[name] = {label_names[k]: summarize(table[:, k].tolist()) for k in range(1, len(label_names))}
             metrics[name]["all"] = summarize(table[:, 1:].flatten().tolist())
     return _nan_to_none({"count": len(merged), "subjects": len(per_subject), "metrics": metrics,
-                         "per_subject": per_subject})
+                         "per_subject": per_subject,
+                         "paper_windows": sorted({r["paper_window"] for r in merged})})
 
 
-def settings(cfg: EvalConfig, fid_model: FIDModel | None, real_info: dict[str, Any] | None) -> dict[str, Any]:
-    """The definitions behind the numbers, written beside them."""
+def settings(
+    cfg: EvalConfig, fid_model: FIDModel | None, real_info: dict[str, Any] | None, paper_windows: list[int] = ()
+) -> dict[str, Any]:
+    """The definitions behind the numbers, written beside them (`paper_windows`: the paper SSIM windows used)."""
     return {
         "eval": to_dict(cfg),
+        "preset": {"name": cfg.preset, "headline": list(HEADLINES[cfg.preset]),
+                   "note": "both sets are always computed; the preset only says which SSIM/PSNR pair leads"},
+        "foreground": {"keys": ["ssim_fg", "psnr_fg"], "mask": "the slice's anatomy mask (mask.npy)",
+                       "dilate_px": cfg.fg_dilate, "structuring_element": f"square of side {2 * cfg.fg_dilate + 1}",
+                       "ssim": "mean of the SSIM map over valid window centres inside the region",
+                       "psnr": "MSE over the region's pixels", "without_mask": "null"},
+        "paper": {"keys": ["ssim_paper", "psnr_paper"],
+                  "images": "input and output written as 8-bit (round half up), output read back as 8-bit gray "
+                            "(BT.601, rounded)", "data_range": 255, "ssim_kernel": "uniform",
+                  "ssim_window": PAPER_WINDOW, "windows_used": list(paper_windows),
+                  "window_rule": "101, clipped to the largest odd size that fits the slice (63 at 64 x 64)",
+                  "covariance": "sample (N / (N - 1))", "K1": structure.K1, "K2": structure.K2,
+                  "psnr": "per image on the 8-bit images"},
         "luminance": "BT.601 Y = 0.299 R + 0.587 G + 0.114 B of the output vs the gray input",
         "value_range": "[-1, 1] mapped to [0, 1] as (v + 1) / 2; data_range = 1.0; float64",
         "ssim": {"kernel": cfg.ssim_kernel, "window": cfg.ssim_window,
@@ -219,15 +286,6 @@ def settings(cfg: EvalConfig, fid_model: FIDModel | None, real_info: dict[str, A
     }
 
 
-def write_json(path: str | Path, result: dict[str, Any]) -> Path:
-    """Write the result as JSON via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=True, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
 
 def evaluate(
     export: Any,
@@ -245,7 +303,7 @@ def evaluate(
     {"format", "model_id", "checkpoint", "data", "split", "count", "subjects", "metrics", "per_subject", "settings"}.
     """
     cfg = eval_cfg or EvalConfig()
-    grank, gworld = ranks.world()
+    grank, gworld = distenv.world()
     rank = grank if rank is None else rank
     world_size = gworld if world_size is None else world_size
     if world_size != gworld:
@@ -284,11 +342,11 @@ def evaluate(
         "split": cfg.split,
         "generator_autocast": str(getattr(export, "autocast", None)),
         **core,
-        "settings": settings(cfg, fid_model, real_info),
+        "settings": settings(cfg, fid_model, real_info, core.get("paper_windows", [])),
     }
     result = _nan_to_none(result)
     if out is not None and rank == 0:
-        write_json(out, result)
+        files.write_json(out, result, allow_nan=False)  # strict JSON: NaN became None above
     return result
 
 
@@ -314,9 +372,9 @@ def evaluate_checkpoint(
     <run>/export/generator.pt), evaluate, write `out` (default: <run>/eval.json, or beside the export file)."""
     from cmgan.export import load_export, resolve_export_path
 
-    rank, world, local = ranks.init_distributed_from_env()
+    env, device = distenv.init_process_group()  # this rank's GPU (one per rank or per task), else the CPU
+    rank, world = env.rank, env.world_size
     cfg = resolve_config(checkpoint, config, overrides or [])
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     export = load_export(checkpoint, device)
     if out is None:
         file = resolve_export_path(checkpoint)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from cmgan.eval.ranks import all_reduce_sum
+from cmgan import files
+from cmgan.distenv import all_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ def frechet_distance(
 
     Non-finite sqrtm: `eps` is added to both diagonals and sqrtm repeated (logged instead of printed). A
     non-negligible imaginary diagonal (> 1e-3) raises ValueError; otherwise the real part is kept.
+    Not a call of pytorch-fid's function: pytorch-fid 0.3.0 passes `disp=False` to scipy's `sqrtm`, deprecated
+    since scipy 1.16, and with scipy 1.17 its result no longer unpacks for a 1x1 covariance (ValueError);
+    tests/eval/test_fid.py checks that both give the same value where pytorch-fid's works.
     """
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
@@ -141,11 +144,8 @@ def frechet_distance(
 
 def save_stats(path: str | Path, mu: np.ndarray, sigma: np.ndarray, count: int, meta: dict[str, Any]) -> None:
     """Write statistics as an npz pytorch-fid can read (`mu`, `sigma`), plus `count` and `meta` (JSON); atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, count=np.int64(count), meta=np.array(json.dumps(meta, sort_keys=True)))
-    os.replace(tmp, path)
+    with files.atomic_path(path, suffix=".npz") as tmp:  # the suffix, or np.savez appends one
+        np.savez(tmp, mu=mu, sigma=sigma, count=np.int64(count), meta=np.array(json.dumps(meta, sort_keys=True)))
 
 
 def load_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray, int, dict[str, Any]]:

@@ -20,10 +20,8 @@ Weights (the state dict of that Inception3, i.e. the format of pytorch-fid's fil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,9 @@ import torch.nn.functional as F
 from pytorch_fid import inception as pfi
 from torch import nn
 from torchvision.models.inception import BasicConv2d
+
+from cmgan import files
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,7 @@ class FIDInception(nn.Module):
         return x.flatten(1).float()
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
+file_sha256 = sha256_file  # the name bench/eval.py imports; cmgan.files holds the helper
 
 def load_backbone(path: str | Path) -> nn.Module:
     """The FID Inception3 with the weights of `path` (a state dict in pytorch-fid's format); WeightsError if not."""
@@ -235,14 +230,9 @@ def convert(out: str | Path, src: str | Path | None = None) -> dict[str, object]
     if not diff < VERIFY_TOLERANCE:
         raise WeightsError(f"{src}: converted network differs from the TorchScript by {diff:.2e} (relative)")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # a file object: the zip's record names do not depend on the (temp) file name,
-        torch.save(state, f)  # so the same source gives the same bytes and sha256 (the FID cache key)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    return {"out": str(out), "source": str(src), "sha256": file_sha256(out), "max_rel_diff": diff}
+    with files.atomic_open(out, "wb") as f:  # a file object: the zip's record names do not depend on the (temp)
+        torch.save(state, f)  # file name, so the same source gives the same bytes and sha256 (the FID cache key)
+    return {"out": str(out), "source": str(src), "sha256": sha256_file(out), "max_rel_diff": diff}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmgan import distenv
 from cmgan.config import EvalConfig
 from cmgan.data import schema
-from cmgan.data.manifest import NAME, read_manifest, sha256_file
-from cmgan.eval import fid, inception, ranks
+from cmgan.data.manifest import NAME, read_manifest
+from cmgan.eval import fid, inception
 from cmgan.eval.slices import read_samples, rgb_batches
+from cmgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,35 @@ class FIDModel:
 
     @torch.inference_mode()
     def features(self, images01: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float32 in [0, 1] -> (B, dims) float32."""
-        x = images01.to(self.device)
+        """(B, 3, H, W) float32 in [0, 1] -> (B, dims) float32, with TF32 off (`exact_fp32`)."""
+        x = images01.to(self.device, non_blocking=True)
         if self.precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
             ctx = torch.autocast(self.device.type, dtype=torch.bfloat16)
         else:
             ctx = nullcontext()
-        with ctx:
+        with exact_fp32(), ctx:
             return self.net(x).float().cpu()
+
+    @property
+    def device_name(self) -> str:
+        """What the features were computed on: "cpu", or "cuda:<GPU model>" (kernels differ between GPUs)."""
+        if self.device.type == "cuda":
+            return f"cuda:{torch.cuda.get_device_name(self.device)}"
+        return self.device.type
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """float32 convolutions and matmuls in full precision inside the block: TF32 (Ampere and newer GPUs) keeps
+    10 mantissa bits and moves FID features away from pytorch-fid's. The global settings are restored after."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def load_fid_model(cfg: EvalConfig, device: torch.device | str = "cpu") -> tuple[FIDModel | None, str | None]:
@@ -67,9 +89,13 @@ def load_fid_model(cfg: EvalConfig, device: torch.device | str = "cpu") -> tuple
         return None, f"eval.inception_weights={str(path)!r} does not exist"
     device = torch.device(device)
     net = inception.load_fid_inception(path, dims=cfg.fid_dims).to(device)
-    if cfg.fid_precision == "bf16":
+    precision = cfg.fid_precision
+    if precision == "bf16" and not distenv.native_bf16(device):
+        log.warning("eval.fid_precision=bf16 but %s has no native bf16: FID features in fp32", device)
+        precision = "fp32"
+    if precision == "bf16":
         net = net.to(memory_format=torch.channels_last)
-    return FIDModel(net, str(path), inception.file_sha256(path), cfg.fid_precision, device), None
+    return FIDModel(net, str(path), sha256_file(path), precision, device), None
 
 
 def accumulate(model: FIDModel, batches: Iterable[torch.Tensor], dims: int) -> fid.FeatureStats:
@@ -88,14 +114,16 @@ def cache_dir(cfg: EvalConfig) -> Path:
 
 def real_stats_key(color_shards: str | Path, splits: list[str], model: FIDModel, cfg: EvalConfig) -> dict[str, Any]:
     """What identifies real statistics: the shards (manifest sha256, which lists every shard's sha256), the
-    splits used, the weights (sha256), the feature size and precision. Its sha256 names the cache file."""
+    splits used, the weights (sha256), the feature size, and the precision and device the features were computed
+    in (bf16 vs fp32 and CPU vs GPU kernels give slightly different features). Its sha256 names the cache file."""
     return {
         "version": STATS_VERSION,
         "manifest_sha256": sha256_file(Path(color_shards) / NAME),
         "splits": splits,
         "weights_sha256": model.sha256,
         "dims": cfg.fid_dims,
-        "precision": cfg.fid_precision,
+        "precision": model.precision,
+        "device": model.device_name,
     }
 
 
@@ -130,7 +158,7 @@ def real_statistics(
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = cache_dir(cfg) / f"real-{digest[:32]}.npz"
     info = {"source": str(color_shards), "splits": splits, "cache": str(path)}
-    if ranks.broadcast(path.is_file()):  # rank 0 decides, so no rank can see a half-finished write of another
+    if distenv.broadcast(path.is_file()):  # rank 0 decides, so no rank can see a half-finished write of another
         mu, sigma, count, _ = fid.load_stats(path)
         log.info("real FID statistics from cache %s (%d images)", path, count)
         return mu, sigma, {**info, "count": count, "cached": True}
@@ -138,7 +166,7 @@ def real_statistics(
     stats = fid.FeatureStats(cfg.fid_dims)
     error = None
     try:
-        rank, world = ranks.world()
+        rank, world = distenv.world()
         for split in splits:
             samples = read_samples(color_shards, split, rank, world, (schema.RGB_KEY,), cfg.batch_size)
             part = accumulate(model, rgb_batches(samples, cfg.batch_size), cfg.fid_dims)
@@ -147,12 +175,12 @@ def real_statistics(
             stats.outer += part.outer
     except Exception as e:  # noqa: BLE001 - exchanged and re-raised on every rank below
         error = e
-    ranks.raise_if_any_failed(error)
+    distenv.raise_if_any_failed(error)
     stats.all_reduce()
     if stats.count < 2:
         raise NoRealImages(f"{color_shards}: {stats.count} real color image(s) in splits {splits}; FID needs >= 2")
     mu, sigma = stats.mean_cov()
-    if ranks.world()[0] == 0:
+    if distenv.world()[0] == 0:
         try:
             fid.save_stats(path, mu, sigma, stats.count, key)
         except OSError as e:  # the cache only saves time; a read-only folder must not fail the evaluation

@@ -12,6 +12,11 @@ All arithmetic is float64.
   scikit-image's border crop leaves).
 - PSNR per image: 10 log10(range^2 / MSE), capped at `PSNR_MAX_DB` for identical images (not a pooled MSE).
 - MI: from the joint histogram of the two [0, 1] images with `bins` equal bins per axis, in bits.
+- Foreground variants (`mask=`): the black background of a masked MR slice is reproduced almost perfectly by any
+  model and pads whole-slice SSIM and PSNR, so they are also reported over the anatomy alone: SSIM is the mean of
+  the SSIM map over the valid positions whose window centre lies in the mask, PSNR uses the MSE over the mask's
+  pixels. `foreground` builds that mask: the slice's anatomy mask dilated by a few pixels, so a dark halo or a
+  bleed just outside the anatomy counts against the model.
 """
 
 from __future__ import annotations
@@ -65,6 +70,25 @@ def window_1d(kernel: str, size: int, sigma: float) -> torch.Tensor:
     return w / w.sum()
 
 
+def foreground(mask: torch.Tensor, dilate: int = 2) -> torch.Tensor:
+    """The region of the foreground metrics: mask (B, H, W) or (B, 1, H, W) bool/{0,1} -> (B, 1, H, W) bool,
+    dilated by `dilate` pixels (a square structuring element of side 2 * dilate + 1)."""
+    m = mask.reshape(mask.shape[0], 1, *mask.shape[-2:]).to(torch.float32)
+    if dilate > 0:
+        m = F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)
+    return m > 0
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-image mean of (B, 1, h, w) values over mask (B, 1, h, w) bool (None: all); NaN where the mask is empty."""
+    flat = values.flatten(1)
+    if mask is None:
+        return flat.mean(1)
+    m = mask.flatten(1).to(values.dtype)
+    n = m.sum(1)
+    return torch.where(n > 0, (flat * m).sum(1) / n.clamp_min(1), torch.nan)
+
+
 def _filter(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Separable 'valid' filtering of (N, 1, H, W) with the 1-D window w."""
     k = w.numel()
@@ -80,11 +104,14 @@ def ssim(
     kernel: str = "gaussian",
     sigma: float = 1.5,
     sample_covariance: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean SSIM per image: x, y (B, 1, H, W) -> (B,) float64.
 
     sample_covariance: scale variances by N / (N - 1) with N = window^2 (scikit-image's default for its
     uniform window); False: population statistics (Wang et al., the Gaussian standard).
+    mask: (B, 1, H, W) bool: average only over the valid positions whose window centre is in the mask (NaN for
+    an image whose mask has no valid position); None: every valid position.
     """
     _check_pair(x, y)
     if min(x.shape[-2:]) < window:
@@ -101,13 +128,29 @@ def ssim(
     vxy = cov_norm * (uxy - ux * uy)
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    if mask is not None:
+        _check_mask(mask, x)
+        pad = window // 2
+        mask = mask[..., pad : mask.shape[-2] - pad, pad : mask.shape[-1] - pad]  # the window centres of `s`
+    return _masked_mean(s, mask)
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR per image in dB: x, y (B, 1, H, W) -> (B,) float64, at most PSNR_MAX_DB."""
+def _check_mask(mask: torch.Tensor, x: torch.Tensor) -> None:
+    if mask.shape != x.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} does not match the images {tuple(x.shape)}")
+
+
+def psnr(
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """PSNR per image in dB: x, y (B, 1, H, W) -> (B,) float64, at most PSNR_MAX_DB.
+
+    mask: (B, 1, H, W) bool: the MSE over the mask's pixels only (NaN for an empty mask); None: every pixel.
+    """
     _check_pair(x, y)
-    mse = (x.to(torch.float64) - y.to(torch.float64)).pow(2).flatten(1).mean(1)
+    if mask is not None:
+        _check_mask(mask, x)
+    mse = _masked_mean((x.to(torch.float64) - y.to(torch.float64)).pow(2), mask)
     floor = data_range**2 / 10 ** (PSNR_MAX_DB / 10)
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(floor))
 
@@ -140,18 +183,24 @@ def structure_metrics(
     sigma: float = 1.5,
     sample_covariance: bool = False,
     bins: int = 256,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """SSIM, PSNR, MI of the output's luminance vs the input, per slice.
 
-    gray: (B, 1, H, W) in [-1, 1] (the MR input); rgb: (B, 3, H, W) in [-1, 1] (the colorized output).
-    returns {"ssim", "psnr", "mi"}: each (B,) float64.
+    gray: (B, 1, H, W) in [-1, 1] (the MR input); rgb: (B, 3, H, W) in [-1, 1] (the colorized output);
+    mask: (B, 1, H, W) bool, the foreground (`foreground`), or None.
+    returns {"ssim", "psnr", "mi"}: each (B,) float64; with a mask also {"ssim_fg", "psnr_fg"} over it.
     """
     if gray.shape[0] != rgb.shape[0] or gray.shape[-2:] != rgb.shape[-2:]:
         raise ValueError(f"output {tuple(rgb.shape)} does not match input {tuple(gray.shape)} in batch or size")
     x, y = to_unit(gray), to_unit(luminance(rgb.to(torch.float64)))
-    return {
+    out = {
         "ssim": ssim(y, x, 1.0, window, kernel, sigma, sample_covariance),
         "psnr": psnr(y, x, 1.0),
         "mi": mutual_information(x, y, bins),
     }
+    if mask is not None:
+        out["ssim_fg"] = ssim(y, x, 1.0, window, kernel, sigma, sample_covariance, mask=mask)
+        out["psnr_fg"] = psnr(y, x, 1.0, mask=mask)
+    return out
 

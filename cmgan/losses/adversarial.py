@@ -1,4 +1,4 @@
-"""Least-squares GAN losses on raw discriminator scores (MODEL.md: no sigmoid, targets 1 and 0).
+"""Least-squares GAN losses on raw discriminator scores (docs/method.md: no sigmoid, targets 1 and 0).
 
 Scores are cast to float32 before squaring and averaging: under bf16 autocast they arrive as bf16, and a mean
 over B * H/4 * W/4 squared values is a reduction worth doing at full precision.

@@ -19,7 +19,8 @@ from cmgan.models.edges import laplacian, to_gray
 
 def _same_shape(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{name}: maps {tuple(a.shape)} and {tuple(b.shape)} differ; pass images of one batch and size")
+        raise ValueError(f"{name}: maps {tuple(a.shape)} and {tuple(b.shape)} differ; "
+                         "pass images of one batch and size")
 
 
 def gray_loss(color: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:

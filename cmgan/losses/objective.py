@@ -24,7 +24,7 @@ batch and run in one call (F on [y, x], S and G on [x, gray(y), F(y)], D on [rea
 images, then on both targets); results equal separate calls and the per-call overhead is paid once.
 
 Freezing is the caller's job: in the generator step Dx and Dy must not collect gradients
-(`requires_grad_(False)`, see shared ENV.md for DDP/DeepSpeed), and S must be in eval mode.
+(`requires_grad_(False)`, see docs/environment.md for DDP/DeepSpeed), and S must be in eval mode.
 """
 
 from __future__ import annotations

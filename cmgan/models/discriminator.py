@@ -16,7 +16,8 @@ norm cancels it); spectral norm on all but the last. Raw scores (least-squares G
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn

@@ -14,7 +14,10 @@ Trunk at width w, depth d (the paper: w = 64, d = 3; c_i = min(w * 2**i, 8w) cha
     out = tanh(conv5x5 (c0 -> Cout))
 
 Every conv: spectral norm -> InstanceNorm (affine=False) -> ReLU; the last conv has neither norm nor spectral
-norm. Convs followed by the norm have no bias: InstanceNorm's mean subtraction cancels it exactly (its
+norm. `upsample="resize"` replaces each convT4x4/s2 by nearest-neighbour x2 then conv3x3/s1 (Odena et al. 2016):
+a stride-2 transposed conv whose kernel is not divisible by its stride overlaps its outputs unevenly and paints
+a 2-pixel checkerboard that the generator must learn to cancel; the resize conv cannot produce it.
+Convs followed by the norm have no bias: InstanceNorm's mean subtraction cancels it exactly (its
 gradient is zero), and dropping it saves a reduction per backward. At w = 64, d = 3 this is 7.32M parameters
 (sigmoid fusion with 128-channel S features).
 """
@@ -64,6 +67,22 @@ class NoFusion(nn.Module):
         return x
 
 
+def up_transpose(cin: int, cout: int) -> nn.Module:
+    """x2 up: convT 4x4 stride 2 (the paper's)."""
+    return nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+
+
+class ResizeConv(nn.Sequential):
+    """x2 up: nearest-neighbour upsampling, then conv 3x3 stride 1 (no checkerboard)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False))
+        self.out_channels = cout
+
+
+#: Upsampling layers by config name (`model.upsample`); ConvBlock spectrally normalizes their conv.
+UPSAMPLE = {"transpose": up_transpose, "resize": ResizeConv}
+
 #: Fusion modes by config name (`model.fusion`).
 FUSION: dict[str, type[nn.Module]] = {"sigmoid": SigmoidFusion, "concat": ConcatFusion, "none": NoFusion}
 
@@ -89,10 +108,13 @@ class Generator(nn.Module):
         depth: int = 3,
         fusion: str = "sigmoid",
         seg_channels: int = 128,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         if fusion not in FUSION:
             raise ValueError(f"Generator fusion={fusion!r} is not one of {list(FUSION)}")
+        if upsample not in UPSAMPLE:
+            raise ValueError(f"Generator upsample={upsample!r} is not one of {list(UPSAMPLE)}")
         if depth < 2:
             raise ValueError(f"Generator depth={depth} must be >= 2 (fusion needs a down conv after the first)")
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
@@ -114,12 +136,13 @@ class Generator(nn.Module):
         self.downs = nn.ModuleList(downs)
         self.bottleneck = ConvBlock(nn.Conv2d(c[depth], c[depth], 1, bias=False), relu())
         # ups[k] lands at 1/2**(depth-1-k); its input is cat(previous, skip) (+ S_dec after the 1/2 one).
-        ups = [ConvBlock(nn.ConvTranspose2d(2 * c[depth], c[depth - 1], 4, 2, 1, bias=False), relu())]
+        up = UPSAMPLE[upsample]
+        ups = [ConvBlock(up(2 * c[depth], c[depth - 1]), relu())]
         for i in range(depth - 1, 0, -1):
             extra = self.fuse_dec.extra_channels if i == 1 else 0
-            ups.append(ConvBlock(nn.ConvTranspose2d(2 * c[i] + extra, c[i - 1], 4, 2, 1, bias=False), relu()))
+            ups.append(ConvBlock(up(2 * c[i] + extra, c[i - 1]), relu()))
         self.ups = nn.ModuleList(ups)
-        self.head = nn.Conv2d(c[0], out_channels, 5, 1, 2)  # no spectral norm, no norm (MODEL.md)
+        self.head = nn.Conv2d(c[0], out_channels, 5, 1, 2)  # no spectral norm, no norm (docs/method.md)
 
     def _check(self, x: torch.Tensor, seg: SegFeatures | None) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

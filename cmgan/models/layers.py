@@ -30,6 +30,9 @@ class SpectralNorm(_SpectralNorm):
 def spectral_norm(module: nn.Module) -> nn.Module:
     """Register `SpectralNorm` on `module.weight` (one power iteration per training forward), like
     `torch.nn.utils.parametrizations.spectral_norm`: dim 1 for transposed convolutions, 0 otherwise."""
+    if isinstance(module, nn.Sequential):  # e.g. upsample -> conv: normalize the conv
+        spectral_norm(next(m for m in module if hasattr(m, "weight")))
+        return module
     dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
     parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight, 1, dim, 1e-12))
     return module

@@ -1,4 +1,5 @@
-"""The `launch/sweep.py` screen: plan (--dry-run), submit and follow (default), or show (--status) a sweep.
+"""The `launch/sweep.py` screen: plan (--dry-run), submit and follow (default), show (--status) or report
+(--report) a sweep. A finished sweep also writes its report (`cmgan.sweep.report`).
 
 Console output lives here and only here; the rest of `cmgan.sweep` logs.
 """
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from cmgan.config import ConfigError
 from cmgan.sweep.profile import ClusterProfile, default_profile_name, load_profile
-from cmgan.sweep.results import collect_rows, render_table
+from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
 from cmgan.sweep.runner import SweepRunner
 from cmgan.sweep.spec import Sweep, load_sweep
 from cmgan.sweep.state import RunState
@@ -50,6 +51,49 @@ def _plan_table(runner: SweepRunner) -> Table:
     return table
 
 
+def is_demo_sweep(path: str | Path) -> bool:
+    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of this checkout)."""
+    from cmgan.demo import DEMO_SWEEP
+
+    try:
+        return Path(path).resolve() == DEMO_SWEEP.resolve()
+    except OSError:
+        return False
+
+
+def open_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, seeds: str | None = None) -> Sweep:
+    """Load a sweep file; the demo's sweep file is resolved as the demo runs it (data, segmenter, weights and
+    runs under ./demo, see `cmgan.demo.demo_sweep`), so its seeded rerun reuses the demo's finished seed."""
+    if is_demo_sweep(sweep_file):
+        from cmgan.demo import demo_sweep
+
+        return demo_sweep("demo", seeds=seeds, sweep_dir=sweep_dir)
+    return load_sweep(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
+
+
+def _print_summary(console: Console, sweep: Sweep, states: list[RunState]) -> None:
+    """The per-configuration tables (mean +- std, difference from the reference with its CI)."""
+    if sweep.seeds or len(sweep.configs) > 1:
+        for table in render_summary(summarize(collect_rows(states), sweep.reference), title=f"sweep {sweep.name}"):
+            console.print(table)
+
+
+def _print_results(console: Console, sweep: Sweep, states: list[RunState], title: str) -> None:
+    console.print(render_table(collect_rows(states), title=title))
+    _print_summary(console, sweep, states)
+
+
+def report_command(sweep: Sweep, states: list[RunState], console: Console) -> None:
+    """Write the sweep's report.md and figures; a failure is one line, never a lost sweep."""
+    from cmgan.sweep.report import write_report
+
+    try:
+        console.print(f"report: {write_report(sweep, states)}")
+    except Exception as e:  # noqa: BLE001 - the sweep's own results are already written
+        log.warning("report failed", exc_info=True)
+        console.print(f"[red]report not written:[/] {type(e).__name__}: {e}")
+
+
 def sweep_command(
     sweep_file: str | Path,
     profile: str | None = None,
@@ -60,14 +104,19 @@ def sweep_command(
     max_attempts: int | None = None,
     poll_s: float | None = None,
     console: Console | None = None,
+    seeds: str | None = None,
+    report: bool = False,
 ) -> int:
     """Run one sweep command; returns the process exit code (0: all runs done or still running fine,
-    1: some run failed for good, 2: the sweep file or profile is invalid)."""
+    1: some run failed for good, 2: the sweep file or profile is invalid).
+
+    seeds: replaces the file's seeds ("3": seeds 0, 1, 2; "0,4,7": those). report: write report.md from what the
+    sweep holds now and submit nothing."""
     if console is None:
         # Logs and pipes get wide tables: rich would wrap them at 80 columns there.
         console = Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", "160")))
     try:
-        sweep = load_sweep(sweep_file, sweep_dir=sweep_dir)
+        sweep = open_sweep(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
         prof = resolve_profile(profile, sweep)
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")
@@ -76,9 +125,11 @@ def sweep_command(
     if dry_run:
         console.print(_plan_table(SweepRunner(sweep, prof, max_attempts=max_attempts)))
         return 0
-    if status:
+    if status or report:
         states = SweepRunner(sweep, prof).status()
-        console.print(render_table(collect_rows(states), title=title))
+        _print_results(console, sweep, states, title)
+        if report:
+            report_command(sweep, states, console)
         return 0
     if console.is_terminal:
         with Live(console=console, refresh_per_second=2) as live:
@@ -88,10 +139,13 @@ def sweep_command(
 
             states = SweepRunner(sweep, prof, max_attempts, poll_s, on_update=show).run(wait=wait)
             live.update(render_table(collect_rows(states), title=title))
+        _print_summary(console, sweep, states)
     else:
         states = SweepRunner(sweep, prof, max_attempts, poll_s).run(wait=wait)
-        console.print(render_table(collect_rows(states), title=title))
-    console.print(f"results: {sweep.sweep_dir / 'results.csv'}, {sweep.sweep_dir / 'results.json'}")
+        _print_results(console, sweep, states, title)
+    console.print(f"results: {sweep.sweep_dir / 'results.csv'}, {sweep.sweep_dir / 'summary.csv'}")
+    if wait:
+        report_command(sweep, states, console)
     runner = SweepRunner(sweep, prof, max_attempts)
     lost = [s for s in states if s.status == "failed" and not runner.due(s)]
     return 1 if lost else 0

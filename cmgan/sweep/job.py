@@ -1,6 +1,6 @@
 """The callable a sweep submits for each run: train (resuming from the run directory), evaluate, return.
 
-Preemption and time limits, with submitit 1.5 (shared ENV.md):
+Preemption and time limits, with submitit 1.5 (docs/cluster.md):
 - SLURM sends the job's signal (USR2 by default) before the time limit and, with `preempt_send_user_signal`,
   at preemption. The trainer's handler records it; at the next step boundary all ranks agree, save a
   checkpoint together, and the trainer hands the signal on to submitit's handler, which on global rank 0 calls
@@ -23,13 +23,16 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import submitit
 from submitit.core.utils import DelayedSubmission
 
 from cmgan.config import RunConfig
+from cmgan.distenv import master_port
+from cmgan.logs import setup_logging
 from cmgan.sweep.evaluate import evaluate_run
 from cmgan.sweep.state import write_json_atomic
 
@@ -69,13 +72,6 @@ def train_status(result: Any, cfg: RunConfig) -> str:
     return "finished"
 
 
-def master_port(job_id: str, restarts: int) -> int:
-    """A rendezvous port derived from the job id and restart count: the same on every rank of one job, and
-    different after a requeue, so a restarted job never meets its predecessor's lingering socket."""
-    digits = int(re.sub(r"\D", "", job_id) or 0)
-    return 20000 + (digits * 7 + restarts) % 20000
-
-
 def set_distributed_env(env: submitit.JobEnvironment) -> dict[str, str]:
     """Export the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK,
     LOCAL_WORLD_SIZE) derived from the scheduler's, for launchers that read torchrun's convention.
@@ -99,13 +95,6 @@ def set_distributed_env(env: submitit.JobEnvironment) -> dict[str, str]:
             os.environ[k] = v
             set_now[k] = v
     return set_now
-
-
-def _group_size() -> int:
-    """World size of an initialised torch.distributed process group, else 1."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _slurm_job_ref() -> str:
@@ -141,8 +130,7 @@ class RunJob:
         self.evaluate = evaluate
 
     def __call__(self) -> dict[str, Any]:
-        if not logging.getLogger().handlers:  # the job's own process: its log goes to the job's stderr file
-            logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s (%(asctime)s) - %(message)s")
+        setup_logging()  # the job's own process: its log goes to the job's stderr file
         env = submitit.JobEnvironment()
         set_distributed_env(env)
         os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
@@ -166,8 +154,10 @@ class RunJob:
         if status.startswith("failed:"):
             return {"status": status.split(":", 1)[1], "train": result, "metrics": None, "restarts": restarts}
         metrics: dict[str, Any] | None = None
-        if self.evaluate and (_group_size() > 1 or env.global_rank == 0):
-            metrics = evaluate_run(run_dir, self.cfg)  # collective when the trainer left a process group
+        # Rank 0 alone evaluates, on its own device: the trainer has closed the process group, and the test split
+        # is small next to training. The other ranks return.
+        if self.evaluate and env.global_rank == 0:
+            metrics = evaluate_run(run_dir, self.cfg)
         elif env.global_rank == 0:
             metrics = {"available": False, "reason": "evaluation switched off"}
         if env.global_rank == 0:

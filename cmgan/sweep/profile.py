@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shlex
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import submitit
 from submitit.core.job_environment import JobEnvironment
 
+from cmgan import files
 from cmgan.config import ConfigError, from_dict
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,8 @@ class ClusterProfile:
     tasks_per_node: int = 1
     """Processes (ranks) per node; one per GPU for multi-GPU training."""
     gpus_per_node: int = 0
-    """GPUs per node (`--gpus-per-node`); 0 requests none (CPU clusters, the local test cluster)."""
+    """GPUs per node (`--gpus-per-node`); 0 requests none (CPU clusters, the local test cluster). With
+    cluster = "local", 0 means the GPUs this machine has (all those the sweep itself sees)."""
     cpus_per_task: int = 1
     """CPU cores per rank (data-loading workers + the training thread)."""
     mem_gb: float = 0.0
@@ -72,7 +75,10 @@ class ClusterProfile:
     array_parallelism: int = 64
     """At most this many runs of one job array run at once (`--array=...%N`)."""
     setup: tuple[str, ...] = ()
-    """Shell lines run in the batch script before the job starts (e.g. "module load cuda/12.4")."""
+    """Shell lines run in the batch script before the job starts (e.g. "source ~/venv/bin/activate")."""
+    srun_args: tuple[str, ...] = ()
+    """Extra flags of the `srun` that starts the job's tasks (e.g. "--kill-on-bad-exit=1": one failed rank ends
+    the step at once instead of leaving the others waiting in NCCL until its watchdog fires)."""
     python: str = ""
     """Python interpreter on the compute nodes; empty: the one running the sweep."""
     additional: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +105,11 @@ class ClusterProfile:
                 f"profile {self.name}: signal_delay_s={self.signal_delay_s} must be shorter than the time limit "
                 f"({self.time_min} min); lower it or raise time_min"
             )
+        if self.gpus_per_node and self.tasks_per_node > self.gpus_per_node:
+            raise ConfigError(
+                f"profile {self.name}: tasks_per_node={self.tasks_per_node} > gpus_per_node={self.gpus_per_node}: "
+                "ranks would share GPUs (NCCL refuses that); use one task per GPU"
+            )
         if self.cluster == "local" and self.nodes != 1:
             raise ConfigError(f"profile {self.name}: cluster=local runs on this machine only; set nodes = 1")
 
@@ -107,7 +118,7 @@ class ClusterProfile:
         """Ranks of one run (all nodes)."""
         return self.nodes * self.tasks_per_node
 
-    def with_resources(self, resources: dict[str, Any], where: str = "resources") -> "ClusterProfile":
+    def with_resources(self, resources: dict[str, Any], where: str = "resources") -> ClusterProfile:
         """A copy with some fields replaced (a sweep's or a run's `resources` table), validated again."""
         names = {f.name for f in dataclasses.fields(self)} - {"name"}
         unknown = set(resources) - names
@@ -131,6 +142,7 @@ def profile_to_dict(profile: ClusterProfile) -> dict[str, Any]:
     """Plain dict of a profile (tuples as lists), for TOML/JSON."""
     data = dataclasses.asdict(profile)
     data["setup"] = list(profile.setup)
+    data["srun_args"] = list(profile.srun_args)
     return data
 
 
@@ -142,10 +154,7 @@ def load_profile(name_or_path: str | Path) -> ClusterProfile:
     if not path.is_file():
         known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
         raise ConfigError(f"cluster profile {name_or_path!r} not found ({path}); known profiles: {known}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"cluster profile {path} is not valid TOML: {e}") from None
+    data = files.read_toml(path, "cluster profile", ConfigError)
     data.setdefault("name", path.stem)
     try:
         return profile_from_dict(data)
@@ -193,17 +202,27 @@ def default_profile_name() -> str:
 
 def make_executor(profile: ClusterProfile, folder: str | Path, job_name: str = "cmgan") -> submitit.Executor:
     """A submitit executor for `profile`; the backend is always named explicitly, because AutoExecutor picks
-    SLURM whenever `srun` is on PATH, even where no controller runs (shared ENV.md)."""
+    SLURM whenever `srun` is on PATH, even where no controller runs (docs/cluster.md)."""
     folder = Path(folder)
+    if profile.gpus_per_node > profile.tasks_per_node:
+        log.warning("profile %s: %d GPUs per node but %d task(s): %d GPU(s) per node stay idle; set tasks_per_node "
+                    "= gpus_per_node", profile.name, profile.gpus_per_node, profile.tasks_per_node,
+                    profile.gpus_per_node - profile.tasks_per_node)
     if profile.cluster == "local":
         # LocalExecutor directly: AutoExecutor does not pass the signal's lead time through to it.
         local = submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+        setup = list(profile.setup)
+        if not profile.gpus_per_node:
+            # submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs requested, "" for none, which hides
+            # every GPU of a workstation from the runs; its setup lines run in the job's shell after that, so
+            # this hands on the sweep's own view of the GPUs instead.
+            setup.insert(0, inherit_visible_gpus())
         local.update_parameters(
             timeout_min=profile.time_min,
             tasks_per_node=profile.tasks_per_node,
             gpus_per_node=profile.gpus_per_node,
             signal_delay_s=profile.signal_delay_s,
-            setup=list(profile.setup),
+            setup=setup,
         )
         return local
     kwargs: dict[str, Any] = {"slurm_max_num_timeout": profile.max_requeues}
@@ -236,10 +255,20 @@ def make_executor(profile: ClusterProfile, folder: str | Path, job_name: str = "
         setup.insert(0, f"export SUBMITIT_PREEMPT_SIGNAL={profile.signal}")
     if setup:
         params["slurm_setup"] = setup
+    if profile.srun_args:
+        params["slurm_srun_args"] = list(profile.srun_args)
     if profile.additional:
         params["slurm_additional_parameters"] = dict(profile.additional)
     ex.update_parameters(**params)
     return ex
+
+
+def inherit_visible_gpus() -> str:
+    """A shell line that gives a local job the GPUs this process sees (its CUDA_VISIBLE_DEVICES, or all)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return "unset CUDA_VISIBLE_DEVICES"
+    return f"export CUDA_VISIBLE_DEVICES={shlex.quote(visible)}"
 
 
 class preempt_signal:

@@ -17,9 +17,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import submitit
 
@@ -27,7 +27,7 @@ from cmgan.config import ConfigError
 from cmgan.sweep import scheduler
 from cmgan.sweep.job import RunJob
 from cmgan.sweep.profile import ClusterProfile, make_executor, preempt_signal, profile_to_dict
-from cmgan.sweep.results import collect_rows, write_results
+from cmgan.sweep.results import collect_rows, summarize, write_results, write_summary
 from cmgan.sweep.spec import RunSpec, Sweep
 from cmgan.sweep.state import ACTIVE, RunState, StateStore, SweepLock, write_json_atomic
 
@@ -107,6 +107,7 @@ class SweepRunner:
             state = self.store.load(run.name) or RunState(
                 run.name, run_dir=str(run.run_dir), overrides=list(run.overrides)
             )
+            state.config, state.seed = run.config, run.seed
             error = self._config_error(run)
             if state.status not in ACTIVE and state.status != "done":
                 if error:
@@ -287,14 +288,18 @@ class SweepRunner:
                 "entry": self.sweep.entry,
                 "profile": profile_to_dict(self.profile),
                 "max_attempts": self.max_attempts,
-                "runs": {r.name: {"overrides": list(r.overrides), "resources": r.resources} for r in self.sweep.runs},
+                "seeds": list(self.sweep.seeds),
+                "reference": self.sweep.reference,
+                "runs": {r.name: {"overrides": list(r.overrides), "resources": r.resources, "config": r.config,
+                                  "seed": r.seed} for r in self.sweep.runs},
             },
         )
 
     def run(self, wait: bool = True, timeout_s: float | None = None) -> list[RunState]:
         """Submit what is due and (with `wait`) poll until every run is done or has no attempts left.
 
-        Holds the sweep's lock throughout; returns the final states and writes results.csv/json."""
+        Holds the sweep's lock throughout; returns the final states and writes results.csv/json (one row per
+        run) and summary.csv/json (one row per configuration: mean, std, n, difference from the reference)."""
         with SweepLock(self.sweep.sweep_dir):
             self._write_manifest()
             states = self.load_states()
@@ -316,7 +321,9 @@ class SweepRunner:
                                        f"{[s.name for s in unsettled]}")
                 time.sleep(self.poll_s)
                 self.refresh(states)
-            write_results(self.sweep.sweep_dir, collect_rows(states))
+            rows = collect_rows(states)
+            write_results(self.sweep.sweep_dir, rows)
+            write_summary(self.sweep.sweep_dir, summarize(rows, self.sweep.reference))
             return states
 
     def status(self) -> list[RunState]:

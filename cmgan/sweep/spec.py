@@ -7,6 +7,8 @@
     # entry = "cmgan.train.trainer:train"   # the function each job calls with the run's RunConfig
     # max_attempts = 3                      # submissions per run before it stays failed
     # profile = "gpu"                       # cluster profile when --profile is not given
+    # seeds = [0, 1, 2]                     # repeat every run once per seed (`<run>-s<seed>`, train.seed set)
+    # reference = "sigmoid"                 # the run the others are compared with (default: the first)
     [resources]                             # overrides of the cluster profile for every run
     tasks_per_node = 1
 
@@ -21,6 +23,12 @@
 With both `runs` and `grid`, every run is crossed with every grid point (`<run>_<grid point>`); with neither,
 the sweep is the single run `base`. A run whose config is invalid is kept, with its error, so the sweep can
 report it as failed while the others go on.
+
+Seeds: with `seeds` (or `--seeds` on the command line, which wins) each of those runs is a *configuration*
+repeated once per seed, as its own job named `<config>-s<seed>` (own run directory, own state, `train.seed`
+set last among its overrides); the results table gives mean, std and n per configuration and its difference
+from the `reference` configuration paired by seed. Without seeds a run is its own configuration with the
+config's `train.seed`.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from typing import Any
 from cmgan.config import ConfigError, RunConfig, load_config
 
 DEFAULT_ENTRY = "cmgan.train.trainer:train"
-_KEYS = {"name", "base", "overrides", "sweep_dir", "entry", "max_attempts", "profile", "resources", "runs", "grid"}
+_KEYS = {"name", "base", "overrides", "sweep_dir", "entry", "max_attempts", "profile", "resources", "runs", "grid",
+         "seeds", "reference"}
 _RUN_KEYS = {"name", "overrides", "resources"}
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
@@ -56,6 +65,10 @@ class RunSpec:
     error: str | None = None
     variant: tuple[str, ...] = ()
     """The run's own overrides (its `runs` entry and grid point), without the sweep-wide ones."""
+    config: str = ""
+    """The configuration this run repeats (its name without the seed suffix); the run's name without seeds."""
+    seed: int | None = None
+    """The seed of this repetition (set as `train.seed`); None when the sweep has no seeds."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,15 @@ class Sweep:
     max_attempts: int
     profile: str | None
     runs: tuple[RunSpec, ...] = field(default_factory=tuple)
+    seeds: tuple[int, ...] = ()
+    """The seeds every configuration is repeated with (empty: one run per configuration, no seed suffix)."""
+    reference: str = ""
+    """The configuration the others are compared with (default: the first)."""
+
+    @property
+    def configs(self) -> tuple[str, ...]:
+        """The configurations in file order."""
+        return tuple(dict.fromkeys(r.config for r in self.runs))
 
     def run(self, name: str) -> RunSpec:
         for r in self.runs:
@@ -129,9 +151,30 @@ def _str_list(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def load_sweep(path: str | Path, sweep_dir: str | Path | None = None) -> Sweep:
+def parse_seeds(value: Any, where: str = "seeds") -> tuple[int, ...]:
+    """`[0, 1, 2]` -> (0, 1, 2); a count N (int, or a string of digits as `--seeds 3` gives) -> 0 .. N-1; a
+    string "0,3,7" -> (0, 3, 7). Seeds are distinct integers >= 0."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = int(text) if text.isdigit() else [int(v) for v in text.replace(",", " ").split()] if text else []
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"{where}={value} must be a count >= 1 or a list of seeds")
+        return tuple(range(value))
+    if (not isinstance(value, (list, tuple)) or not value
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ConfigError(f"{where}={value!r} must be a non-empty list of integers >= 0 (or a count)")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}={list(value)} repeats a seed")
+    return tuple(value)
+
+
+def load_sweep(
+    path: str | Path, sweep_dir: str | Path | None = None, seeds: Any = None
+) -> Sweep:
     """Read a sweep file and resolve every run's config; errors in the file itself raise `ConfigError` naming
-    it, errors of one run's config are kept in that run (`RunSpec.error`)."""
+    it, errors of one run's config are kept in that run (`RunSpec.error`). `seeds` (see `parse_seeds`)
+    replaces the file's `seeds`."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -140,7 +183,8 @@ def load_sweep(path: str | Path, sweep_dir: str | Path | None = None) -> Sweep:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from None
     try:
-        return build_sweep(data, base_dir=path.parent, default_name=path.stem, path=path, sweep_dir=sweep_dir)
+        return build_sweep(data, base_dir=path.parent, default_name=path.stem, path=path, sweep_dir=sweep_dir,
+                           seeds=seeds)
     except ConfigError as e:
         raise ConfigError(f"sweep file {path}: {e}") from None
 
@@ -151,9 +195,10 @@ def build_sweep(
     default_name: str = "sweep",
     path: Path | None = None,
     sweep_dir: str | Path | None = None,
+    seeds: Any = None,
 ) -> Sweep:
     """A `Sweep` from the parsed TOML table `data`; relative `base` resolves against `base_dir`, relative
-    `sweep_dir` against the current directory."""
+    `sweep_dir` against the current directory; `seeds` (see `parse_seeds`) replaces `data["seeds"]`."""
     unknown = set(data) - _KEYS
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)}; valid keys: {sorted(_KEYS)}")
@@ -204,16 +249,29 @@ def build_sweep(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"run names must be unique; repeated: {dupes}")
+    seed_list: tuple[int, ...] = ()
+    if seeds is not None:
+        seed_list = parse_seeds(seeds, "--seeds")
+    elif data.get("seeds") is not None:
+        seed_list = parse_seeds(data["seeds"])
+    reference = data.get("reference", names[0])
+    if reference not in names:
+        raise ConfigError(f"reference={reference!r} is not one of the sweep's runs {names}")
 
     runs = []
-    for rname, overrides, res in variants:
+    # Seed-major order: every configuration's first seed is submitted before any second one, so a sweep cut
+    # short still compares all configurations.
+    for seed, (cname, overrides, res) in itertools.product(seed_list or (None,), variants):
+        rname = cname if seed is None else f"{cname}-s{seed}"
+        own = overrides if seed is None else [*overrides, f"train.seed={seed}"]
         run_dir = root / "runs" / rname
-        all_overrides = tuple(common + overrides + [f'train.run_dir="{run_dir}"'])
+        all_overrides = tuple(common + own + [f'train.run_dir="{run_dir}"'])
         cfg, error = None, None
         try:
             cfg = load_config(base_path, list(all_overrides))
         except ConfigError as e:
             error = f"invalid config: {e}"
-        runs.append(RunSpec(rname, all_overrides, {**common_res, **res}, run_dir, cfg, error, tuple(overrides)))
+        runs.append(RunSpec(rname, all_overrides, {**common_res, **res}, run_dir, cfg, error, tuple(own),
+                            cname, seed))
     profile = data.get("profile")
-    return Sweep(name, path, root, entry, max_attempts, profile, tuple(runs))
+    return Sweep(name, path, root, entry, max_attempts, profile, tuple(runs), seed_list, reference)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmgan import files
+
 STATUSES = ("pending", "submitting", "submitted", "running", "done", "failed")
 ACTIVE = ("submitting", "submitted", "running")
 
@@ -54,6 +56,10 @@ class RunState:
     """Last scheduler state seen (PENDING, RUNNING, COMPLETED, ...), for display."""
     run_dir: str = ""
     overrides: list[str] = field(default_factory=list)
+    config: str = ""
+    """The configuration this run repeats (see `cmgan.sweep.spec`); empty in states written before seeds."""
+    seed: int | None = None
+    """The run's seed when the sweep has seeds."""
     result: dict[str, Any] | None = None
     """The job's return value: {"status": "done", "train": <trainer's dict>, "metrics": ...}."""
     metrics: dict[str, Any] | None = None
@@ -66,7 +72,7 @@ class RunState:
     updated_at: float = 0.0
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -85,14 +91,8 @@ class RunState:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The sweep's JSON files (indent 2; values JSON cannot hold written as strings), atomic (cmgan.files)."""
+    files.write_json(path, data, indent=2, default=str)
 
 
 class StateStore:
@@ -133,7 +133,7 @@ class SweepLock:
         self.path = Path(sweep_dir) / ".lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

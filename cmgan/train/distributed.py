@@ -3,15 +3,10 @@
 The rest of the trainer calls `setup(train_cfg, batch_size)` and then only the methods of the returned
 `Backend`; it never knows whether gradients are synchronized by DDP (Accelerate) or by DeepSpeed engines.
 
-Launchers (the environment decides; the command is the same on a laptop and on 64 GPUs):
-- `torchrun` / `accelerate launch`: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are set.
-- SLURM tasks (`srun python launch/train.py ...`, or submitit with `tasks_per_node`), no wrapper: the rank
-  comes from SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID, MASTER_ADDR is the first node of the step's
-  node list, and MASTER_PORT is derived from the job id (so concurrent jobs on one node do not collide).
-  Only inside an `srun` step (SLURM_STEP_NUM_TASKS set): a batch script's own shell is one process.
-- Anything else: one process.
-On a machine without CUDA the process group uses gloo (and `Accelerator(cpu=True)`); with CUDA, NCCL and one GPU
-per local rank. The world size that the runtime reports is checked against the environment at start-up
+Processes and devices come from `cmgan.distenv` (torchrun, SLURM tasks or one process; one GPU per local rank,
+or one GPU per task). A job that was given GPUs but whose torch cannot use them stops at start-up; tasks are
+checked against the GPUs before NCCL starts. On a machine without CUDA the process group uses gloo (and
+`Accelerator(cpu=True)`). The world size that the runtime reports is checked against the environment at start-up
 (`accelerate launch --cpu --num_processes 2` silently starts one process: that is caught here).
 
 Backends (`train.backend`):
@@ -25,128 +20,36 @@ Backends (`train.backend`):
   (`Backend.frozen`): otherwise ZeRO-2 crashes and ZeRO-0/1 silently leak generator-loss gradients into D.
 The frozen segmenter S is never wrapped (DDP refuses modules without trainable parameters); `place` moves it.
 
-Precision (`train.precision`): fp32; bf16 autocast (CPU and GPU, no scaler); fp16 autocast with one GradScaler
-per optimizer (CUDA + ddp only). Autocast covers network forwards only; the losses are computed in float32
+Precision (`train.precision`): fp32; bf16 autocast (CPU, and GPUs with compute capability >= 8.0; older GPUs
+get fp16 with scalers under ddp, fp32 under deepspeed, with a warning); fp16 autocast with one GradScaler per
+optimizer (CUDA + ddp only). DeepSpeed's engine switches an outer autocast off inside its forward unless its own
+config asks for one, so the deepspeed backend declares the same autocast in the engine config (`torch_autocast`,
+gradients still reduced in float32). Autocast covers network forwards only; the losses are computed in float32
 (step.py casts outputs up), and master weights, optimizer states, EMA and pools stay float32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from cmgan import distenv, precision
 from cmgan.config import OptimConfig, TrainConfig
+from cmgan.distenv import DistEnv, DistributedError
 from cmgan.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
-
-
-class DistributedError(RuntimeError):
-    """The distributed setup is inconsistent; the message says what to change."""
-
-
-# ---------------------------------------------------------------------------------------------- environment
-
-
-def expand_hostlist(text: str) -> list[str]:
-    """Expand a SLURM host list: "gpu[01-03,07],login1" -> ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]."""
-    hosts: list[str] = []
-    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", text):
-        parts = [""]
-        for literal, ranges in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", item):
-            values = [literal]
-            if ranges:
-                values = []
-                for r in ranges.split(","):
-                    lo, _, hi = r.partition("-")
-                    if hi:
-                        values += [f"{literal}{i:0{len(lo)}d}" for i in range(int(lo), int(hi) + 1)]
-                    else:
-                        values.append(f"{literal}{lo}")
-            parts = [p + v for p in parts for v in values]
-        hosts += [p for p in parts if p]
-    return hosts
-
-
-def _tasks_per_node(text: str) -> list[int]:
-    """SLURM_STEP_TASKS_PER_NODE "2(x3),1" -> [2, 2, 2, 1]."""
-    out: list[int] = []
-    for item in text.split(","):
-        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", item.strip())
-        if m:
-            out += [int(m.group(1))] * int(m.group(2) or 1)
-    return out
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in the job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    launcher: str = "single"
-    """torchrun (also accelerate launch), slurm, or single."""
-
-
-def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
-    """Read the launcher's variables (torchrun first, then an srun step of SLURM, else one process)."""
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return DistEnv(
-            rank=int(env["RANK"]),
-            world_size=int(env["WORLD_SIZE"]),
-            local_rank=int(env.get("LOCAL_RANK", 0)),
-            local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
-            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)),
-            launcher="torchrun",
-        )
-    if "SLURM_STEP_NUM_TASKS" in env and "SLURM_PROCID" in env:
-        world = int(env["SLURM_STEP_NUM_TASKS"])
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
-        per_node = _tasks_per_node(env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "")))
-        node = int(env.get("SLURM_NODEID", 0))
-        job = int(env.get("SLURM_JOB_ID", "0") or 0)
-        return DistEnv(
-            rank=int(env["SLURM_PROCID"]),
-            world_size=world,
-            local_rank=int(env.get("SLURM_LOCALID", 0)),
-            local_world_size=per_node[node] if node < len(per_node) else 1,
-            master_addr=env.get("MASTER_ADDR") or expand_hostlist(nodelist)[0],
-            # Derived from the job id: every task of the job computes the same port without talking, and two
-            # jobs sharing a node do not collide (unless their ids are 20000 apart, which the scheduler spreads).
-            master_port=int(env.get("MASTER_PORT") or 20000 + job % 20000),
-            launcher="slurm",
-        )
-    return DistEnv()
-
-
-def export_env(env: DistEnv) -> None:
-    """Publish `env` in the variables that torch.distributed's env:// rendezvous (and Accelerate) read."""
-    if env.world_size <= 1 or env.launcher == "torchrun":
-        return
-    os.environ.update(
-        RANK=str(env.rank),
-        WORLD_SIZE=str(env.world_size),
-        LOCAL_RANK=str(env.local_rank),
-        LOCAL_WORLD_SIZE=str(env.local_world_size),
-        MASTER_ADDR=env.master_addr,
-        MASTER_PORT=str(env.master_port),
-    )
 
 
 # ---------------------------------------------------------------------------------------------- trainables
@@ -211,23 +114,41 @@ class Backend:
     def __init__(self, train: TrainConfig, batch_size: int, env: DistEnv) -> None:
         from accelerate import Accelerator
 
+        distenv.require_cuda_if_assigned()  # a job given GPUs never falls back to the CPU silently
         cuda = torch.cuda.is_available()
+        # `auto` becomes the concrete precision of this hardware here, once; everything after reads train.precision.
+        train = dataclasses.replace(train, precision=precision.resolve(
+            train.precision, "cuda" if cuda else "cpu", fp16_ok=self.name != "deepspeed"))
         if train.precision == "fp16" and not cuda:
             raise DistributedError(
                 "train.precision=fp16 needs a CUDA device (autocast fp16 with a loss scaler); on the CPU use "
                 "train.precision=bf16"
             )
+        if cuda:
+            distenv.check_gpus(env)  # more tasks than GPUs: a clear error here instead of NCCL's later
         self.train = train
         self.batch_size = batch_size
-        self.env = env
-        export_env(env)
-        # Accelerate owns the process group (gloo on CPU, NCCL on GPU) and the device; mixed precision is ours.
+        # DeepSpeed needs the rendezvous variables even for one process (else it looks for MPI); close() removes
+        # what was exported here, so a next run in the same process reads the launcher's environment again.
+        before = dict(os.environ)
+        self.env = distenv.export_env(env, single=self.name == "deepspeed")
+        self._exported = {k for k in os.environ if k not in before}
+        # Accelerate owns the process group (gloo on CPU, NCCL on GPU) and the device (local rank modulo the
+        # visible GPUs: the same choice as distenv.device_index once check_gpus passed); mixed precision is ours.
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision="no")
         state = self.accelerator.state
         self.rank = state.process_index
         self.world_size = state.num_processes
         self.local_rank = state.local_process_index
         self.device = self.accelerator.device
+        if cuda:
+            # One process without a launcher gets plain "cuda" (the current device); name the index.
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            expected = distenv.device_index(env.local_rank, torch.cuda.device_count())
+            if index != expected:
+                raise DistributedError(f"Accelerate chose cuda:{index} for local rank {env.local_rank}, expected "
+                                       f"cuda:{expected}")
+            self.device = torch.device("cuda", index)
         if self.world_size != env.world_size:
             raise DistributedError(
                 f"the launcher announced {env.world_size} processes ({env.launcher}) but Accelerate runs "
@@ -239,7 +160,16 @@ class Backend:
                 f"train.expect_world_size={train.expect_world_size} but this job runs {self.world_size} "
                 f"processes; fix the launch (tasks x nodes) or the setting"
             )
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
+        self.amp_dtype = self._amp_dtype()
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype actually used (bf16 falls back to fp16 on GPUs without native bf16)."""
+        return distenv.amp_dtype(self.train.precision, self.device)
+
+    @property
+    def precision(self) -> str:
+        """The precision the networks actually run in: fp32, bf16 or fp16."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
 
     # -- process facts -----------------------------------------------------------------------------
     @property
@@ -253,7 +183,7 @@ class Backend:
     def describe(self) -> str:
         return (
             f"{self.name} backend, {self.world_size} process(es) via {self.env.launcher}, device {self.device}, "
-            f"precision {self.train.precision}, global batch {self.global_batch}"
+            f"precision {self.precision}, global batch {self.global_batch}"
         )
 
     # -- collectives -------------------------------------------------------------------------------
@@ -261,13 +191,18 @@ class Backend:
         if self.world_size > 1:
             dist.barrier()
 
-    def all_reduce_max(self, values: list[int]) -> list[int]:
-        """Element-wise MAX over ranks (the agreement on stop / checkpoint / non-finite flags)."""
-        if self.world_size == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [int(v) for v in t.tolist()]
+    def all_reduce_max(self, values: list[int], device_flag: torch.Tensor | None = None) -> list[int]:
+        """Element-wise MAX over ranks of `[device_flag] + values` (the agreement on non-finite / stop /
+        checkpoint flags): one all-reduce and one host read. `device_flag` is a 0-dim tensor that may still be
+        computing on the GPU (e.g. "a loss was non-finite"); it is never read alone."""
+        flags = torch.tensor(values, dtype=torch.int64)
+        if device_flag is not None:
+            # Joined on the flag's device: the GPU keeps computing, and the one read below waits once.
+            flags = torch.cat([device_flag.detach().reshape(1).to(torch.int64), flags.to(device_flag.device)])
+        if self.world_size > 1:
+            flags = flags.to(self.device, non_blocking=True)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return [int(v) for v in flags.tolist()]
 
     def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean over ranks of a float tensor (for logging)."""
@@ -278,19 +213,12 @@ class Backend:
         return values
 
     def all_gather_object(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
+        """Every rank's picklable `obj`, in rank order."""
+        return distenv.gather(obj)
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
-        if self.world_size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return distenv.broadcast(obj)
 
     # -- precision ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -321,7 +249,7 @@ class Backend:
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.Adam(params, lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
         scheduler = build_scheduler(optimizer, optim, total_steps)
-        scaler = torch.amp.GradScaler("cuda") if self.train.precision == "fp16" else None
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         nets = {}
         for key, module in modules.items():
             # DDP only when there are several processes; Accelerate returns the module itself otherwise.
@@ -414,6 +342,8 @@ class Backend:
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
+        for key in self._exported:
+            os.environ.pop(key, None)
 
 
 class DeepSpeedBackend(Backend):
@@ -428,8 +358,18 @@ class DeepSpeedBackend(Backend):
         import deepspeed
 
         self.deepspeed = deepspeed
-        # DeepSpeed reuses the process group Accelerate created (gloo or NCCL).
-        deepspeed.init_distributed(dist_backend=dist.get_backend() if dist.is_initialized() else None)
+        # DeepSpeed reuses the process group Accelerate created (gloo or NCCL); with one process Accelerate made
+        # none, and DeepSpeed starts a one-rank group from the variables export_env published.
+        backend = dist.get_backend() if dist.is_initialized() else "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        dtype = super()._amp_dtype()
+        if dtype == torch.float16:  # only reached by bf16 on a GPU without native bf16 (fp16 is refused above)
+            log.warning("train.backend=deepspeed runs fp32 on %s: fp16 autocast would need a loss scaler per ZeRO "
+                        "stage; use train.backend=ddp for fp16", self.device)
+            return None
+        return dtype
 
     def place(self, module: nn.Module) -> nn.Module:
         # Weights stay contiguous: DeepSpeed broadcasts and flattens parameters as raw bytes, which a
@@ -445,9 +385,16 @@ class DeepSpeedBackend(Backend):
             "zero_optimization": {"stage": self.train.zero_stage},
             # The client Adam is torch's; ZeRO wraps it (partitioned states) without DeepSpeed's fused kernels.
             "zero_allow_untested_optimizer": True,
-            # fp32 engine: bf16 comes from our autocast around forwards, so both backends run the same numerics.
+            # fp32 weights, gradients and optimizer states, as with ddp; bf16 only as autocast around forwards.
             "bf16": {"enabled": False},
             "fp16": {"enabled": False},
+            # The engine switches an outer autocast off inside its forward unless asked here; no module is listed
+            # as lower-precision safe, so gradients are still reduced in float32 (same numerics as ddp).
+            "torch_autocast": {
+                "enabled": self.amp_dtype is not None,
+                "dtype": "bfloat16" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
+                "lower_precision_safe_modules": [],
+            },
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
         }
@@ -458,6 +405,8 @@ class DeepSpeedBackend(Backend):
         group = ModuleGroup(modules)
         optimizer = torch.optim.Adam(group.parameters(), lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
         engine, ds_optimizer, _, scheduler = self.deepspeed.initialize(
+            # The engine otherwise takes cuda:LOCAL_RANK, which does not exist with one GPU per task.
+            args=SimpleNamespace(device_rank=self.device.index) if self.device.type == "cuda" else None,
             model=group,
             optimizer=optimizer,
             # A callable: the schedule is built on the optimizer DeepSpeed actually steps (ZeRO's wrapper).
@@ -509,6 +458,13 @@ class DeepSpeedBackend(Backend):
         if path is None:
             raise DistributedError(f"DeepSpeed could not load its checkpoint from {folder}")
 
+    def close(self) -> None:
+        # Through DeepSpeed, which also drops its cached groups (a clone of the world group): a next run in this
+        # process would otherwise hand the new engines a group of the destroyed one.
+        if self.deepspeed.comm.is_initialized():
+            self.deepspeed.comm.destroy_process_group()
+        super().close()
+
     def collective_writers(self, trainables: list[Trainable]) -> tuple:
         def writer(t: Trainable):
             return lambda tmp: t.engine.save_checkpoint(str(tmp / f"ds_{t.name}"), tag="engine", save_latest=False)
@@ -518,6 +474,6 @@ class DeepSpeedBackend(Backend):
 
 def setup(train: TrainConfig, batch_size: int) -> Backend:
     """Start (or join) the process group for this run and return its backend."""
-    env = detect_env()
+    env = distenv.detect_env()
     cls = DeepSpeedBackend if train.backend == "deepspeed" else Backend
     return cls(train, batch_size, env)

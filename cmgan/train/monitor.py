@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -20,26 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from cmgan import files
+from cmgan.logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 # Terms shown in the progress line (all terms go to the files).
 _SHOWN = ("cycle_x", "cycle_y", "adv_g", "dx_real", "dy_real", "ce", "dice_loss")
 
 
-_OWN_HANDLER = False
-
-
-def configure_logging(rank: int = 0) -> None:
-    """The one place that sets up console output: INFO on rank 0, WARNING on the others. An application's own
-    logging setup (a root handler we did not install) is left alone. Quiets DeepSpeed's INFO chatter."""
-    global _OWN_HANDLER
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-        _OWN_HANDLER = True
-    if _OWN_HANDLER:
-        root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+configure_logging = setup_logging  # the name cmgan/train/rundir.py imports; cmgan.logs holds the function
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -73,10 +62,8 @@ def save_png(array: np.ndarray, path: Path) -> None:
     """Write an (H, W, 3) uint8 array as PNG atomically."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with files.atomic_open(path, "wb") as f:
+        Image.fromarray(array).save(f, format="PNG")
 
 
 class Monitor:

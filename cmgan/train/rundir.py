@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cmgan import checkpoint
 from cmgan.config import dumps_toml, save_config
 from cmgan.train.distributed import Backend
@@ -100,10 +102,17 @@ def test_signal_hook(next_step: int, backend: Backend) -> None:
         os.kill(os.getpid(), getattr(signal, name or "SIGTERM"))
 
 
-def agree(backend: Backend, stop: StopFlag, clock: SaveClock, nonfinite: bool = False) -> tuple[bool, bool, bool]:
-    """One all-reduce (MAX) at a step boundary: (any rank saw a non-finite loss, any rank got a stop signal,
-    rank 0's checkpoint clock is due). Every rank gets the same answer, so they act together."""
-    flags = backend.all_reduce_max([int(nonfinite), int(stop.requested), int(backend.is_main and clock.due())])
+def agree(backend: Backend, stop: StopFlag, clock: SaveClock, nonfinite: bool | torch.Tensor = False
+          ) -> tuple[bool, bool, bool]:
+    """One all-reduce (MAX) and one host read at a step boundary: (any rank saw a non-finite loss, any rank got a
+    stop signal, rank 0's checkpoint clock is due). Every rank gets the same answer, so they act together.
+    `nonfinite` may be a 0-dim tensor still being computed on the device (it is read only together with the rest).
+    """
+    host = [int(stop.requested), int(backend.is_main and clock.due())]
+    if isinstance(nonfinite, torch.Tensor):
+        flags = backend.all_reduce_max(host, device_flag=nonfinite)
+    else:
+        flags = backend.all_reduce_max([int(nonfinite), *host])
     return bool(flags[0]), bool(flags[1]), bool(flags[2])
 
 
@@ -111,11 +120,13 @@ def run_in_job(train: Any, batch_size: int, body: Any) -> dict[str, Any]:
     """The frame every training entry point runs in: logging, determinism, the distributed backend, the stop
     flag; `body(backend, stop)` returns the summary dict. The backend is closed whatever happens; a run that
     stopped on a signal hands the signal on afterwards (e.g. to submitit's USR2 handler: requeue and exit)."""
+    from cmgan.distenv import require_cuda_if_assigned
     from cmgan.train import distributed
     from cmgan.train.monitor import configure_logging
     from cmgan.train.state import set_deterministic
 
     configure_logging()
+    require_cuda_if_assigned()  # first: a job given GPUs it cannot use stops before any slow start-up work
     set_deterministic(train.deterministic)
     backend = distributed.setup(train, batch_size)
     configure_logging(backend.rank)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import Callable
 
@@ -10,6 +11,12 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from cmgan.config import OptimConfig
+
+log = logging.getLogger(__name__)
+
+LR_WARN_ABOVE = 1e-3
+"""A base learning rate above this is far beyond what this GAN trains stably with (the paper's code: 1e-4 at
+batch 1; CycleGAN's: 2e-4); `report_lr` warns."""
 
 
 def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
@@ -21,6 +28,20 @@ def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
     if global_batch <= 0:
         raise ValueError(f"global batch {global_batch} must be positive")
     return optim.lr * global_batch / optim.base_batch if optim.scale_lr else optim.lr
+
+
+def report_lr(optim: OptimConfig, global_batch: int, is_main: bool = True) -> float:
+    """The base learning rate this run uses (`scaled_lr`), logged with how it was derived; warns above
+    `LR_WARN_ABOVE`. Returns it (the trainer also writes it into the run's summary)."""
+    lr = scaled_lr(optim, global_batch)
+    how = (f"optim.lr {optim.lr:g} x global batch {global_batch} / optim.base_batch {optim.base_batch}"
+           if optim.scale_lr else f"optim.lr, not scaled (optim.scale_lr=false; global batch {global_batch})")
+    if is_main:
+        log.info("learning rate %.4g (%s)", lr, how)
+        if lr > LR_WARN_ABOVE:
+            log.warning("learning rate %.4g is above %g, beyond what this GAN trains stably with (%s); set "
+                        "optim.lr, optim.base_batch or optim.scale_lr=false", lr, LR_WARN_ABOVE, how)
+    return lr
 
 
 def lr_factor(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:

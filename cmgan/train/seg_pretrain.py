@@ -1,7 +1,7 @@
 """Segmentation pretraining of S (Dice + cross-entropy) on labelled MR shards, and its frozen export.
 
     summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt
-    S, normalization = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
+    S, normalization, dice = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
 
 Runs on the same distributed seam as the CycleGAN (DDP; the segmenter is small, DeepSpeed is not used here),
 with the same checkpoints, stop signals and resume. Validation computes hard Dice per class on the val split
@@ -29,7 +29,12 @@ from cmgan.models.segmentation import SegUNet
 from cmgan.train import distributed, rundir
 from cmgan.train.monitor import Monitor
 from cmgan.train.state import (
-    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all,
+    capture_rng,
+    isolated_start,
+    parameter_digest,
+    rank_seed,
+    restore_rng,
+    seed_all,
 )
 from cmgan.train.stop import StopFlag
 
@@ -49,29 +54,40 @@ class SegExportError(ValueError):
 def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, dice_weight: float) -> dict[str, torch.Tensor]:
     """logits (B, C, H, W) any float dtype, label (B, H, W) int64 in [0, C) -> {"ce", "dice", "total"} float32.
 
-    Soft Dice per class over the whole batch, averaged over the classes present in the batch or predicted (a
-    class absent from both contributes nothing instead of a free 1.0); computed in float32.
+    Soft Dice per class over the whole batch, averaged over the classes present in the batch (a class absent from
+    the labels contributes nothing instead of a free 1.0); computed in float32. No value is read on the host
+    (the present classes are a 0/1 weight, not a boolean index), so on a GPU the step never waits here.
     """
     logits = logits.float()
-    ce = F.cross_entropy(logits, label)
+    ce = _cross_entropy(logits, label)
     probs = logits.softmax(1)
     onehot = F.one_hot(label, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     inter = (probs * onehot).sum((0, 2, 3))
     denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    present = onehot.sum((0, 2, 3)) > 0
+    present = (onehot.sum((0, 2, 3)) > 0).to(probs.dtype)
     dice = (2 * inter + 1e-6) / (denom + 1e-6)
-    dice_loss = 1.0 - dice[present].mean() if present.any() else dice.new_zeros(())
+    n_present = present.sum()
+    dice_loss = torch.where(n_present > 0, 1.0 - (dice * present).sum() / n_present.clamp(min=1.0),
+                            torch.zeros_like(n_present))
     return {"ce": ce, "dice": dice_loss, "total": ce + dice_weight * dice_loss}
 
 
+def _cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; under deterministic algorithms on a GPU as log-softmax + gather, because CUDA's
+    nll_loss2d has no deterministic kernel (it would raise)."""
+    if logits.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return -logits.log_softmax(1).gather(1, label[:, None]).mean()
+    return F.cross_entropy(logits, label)
+
+
 def dice_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Hard-Dice sufficient statistics: (C, 2) float64 of [2 |P∩T|, |P| + |T|] per class; pred, label (B, H, W)."""
-    out = torch.zeros(num_classes, 2, dtype=torch.float64)
-    for c in range(num_classes):
-        p, t = pred == c, label == c
-        out[c, 0] = 2.0 * (p & t).sum().item()
-        out[c, 1] = float(p.sum().item() + t.sum().item())
-    return out
+    """Hard-Dice sufficient statistics: (C, 2) float64 on the CPU of [2 |P∩T|, |P| + |T|] per class; pred, label
+    (B, H, W) integer class maps on any device (one confusion matrix, one transfer)."""
+    pred, label = pred.reshape(-1).long(), label.reshape(-1).to(pred.device).long()
+    confusion = torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
+    confusion = confusion[: num_classes * num_classes].view(num_classes, num_classes).cpu().to(torch.float64)
+    inter = confusion.diagonal()
+    return torch.stack([2.0 * inter, confusion.sum(0) + confusion.sum(1)], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -94,10 +110,13 @@ def save_seg_export(path: str | Path, *, model: ModelConfig, state: dict, normal
     return path
 
 
-def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | str = "cpu") -> tuple[SegUNet, dict]:
-    """The exported S, frozen (eval mode, requires_grad False) on `device`, and the normalization it was trained
-    with. The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width
-    depends on it); a mismatch raises an error naming the values to set."""
+def load_segmenter(
+    path: str | Path, model: ModelConfig, device: torch.device | str = "cpu"
+) -> tuple[SegUNet, dict, dict[str, float]]:
+    """The exported S, frozen (eval mode, requires_grad False) on `device`, the normalization it was trained
+    with, and its per-class validation Dice ({class name: Dice}; empty when it had no validation split).
+    The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width depends on
+    it); a mismatch raises an error naming the values to set."""
     path = Path(path)
     if path.is_dir():
         path = path / SEG_EXPORT
@@ -120,7 +139,7 @@ def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | 
     S = build_segmenter(model)
     S.load_state_dict(payload["state_dict"])
     S.eval().requires_grad_(False)
-    return S.to(device), dict(payload.get("normalization") or {})
+    return S.to(device), dict(payload.get("normalization") or {}), dict(payload.get("val_dice") or {})
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -128,9 +147,13 @@ def load_segmenter(path: str | Path, model: ModelConfig, device: torch.device | 
 
 @torch.no_grad()
 def validate(S: SegUNet, cfg: RunConfig, backend: distributed.Backend, max_batches: int = 0) -> dict[str, float]:
-    """Hard Dice per class on the val split (every rank a disjoint block; counts summed in float64)."""
-    from cmgan.data.pipeline import read_split
+    """Hard Dice per class on the labelled slices of the val split (every rank a disjoint block; counts summed in
+    float64). Slices of unlabelled volumes are skipped; with no labelled val volume the result is {}."""
+    from cmgan.data.manifest import read_manifest
+    from cmgan.data.pipeline import labelled_volumes, read_split
 
+    if labelled_volumes(read_manifest(cfg.data.mr_shards), "val")[0] == 0:
+        return {}  # every rank reads the same manifest: all return here, none waits in the all-reduce
     was_training = S.training
     S.eval()
     size = cfg.model.image_size
@@ -151,6 +174,8 @@ def validate(S: SegUNet, cfg: RunConfig, backend: distributed.Backend, max_batch
     n = 0
     for sample in read_split(cfg.data.mr_shards, "val", backend.rank, backend.world_size,
                              keys=(schema.MR_KEY, schema.LABEL_KEY)):
+        if schema.LABEL_KEY not in sample:
+            continue  # a slice of an unlabelled volume
         batch.append(sample)
         if len(batch) == cfg.seg.batch_size:
             flush()
@@ -208,9 +233,14 @@ def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, sto
         log.info("resumed segmentation pretraining from %s (step %d)", resume_from, step)
 
     stream = stream_cls(cfg.data, cfg.model.image_size, backend.rank, backend.world_size, tc.seed,
-                        start_state=data_state, batch_size=seg.batch_size, split="train")
+                        start_state=data_state, batch_size=seg.batch_size, split="train",
+                        num_classes=cfg.model.seg_classes)
     batches = isolated_start(iter(stream))
     monitor = Monitor(paths.root, seg.steps, step, backend.is_main)
+    skipped = _unlabelled_volumes(cfg.data.mr_shards)
+    if any(skipped.values()):
+        monitor.message("S trains and validates on labelled volumes only; skipped unlabelled volumes: "
+                        "%d of train, %d of val", skipped["train"], skipped["val"])
     clock = rundir.SaveClock(tc.ckpt_every_minutes)
     last: dict[str, float] = {}
 
@@ -281,10 +311,20 @@ def _pretrain(cfg: RunConfig, backend: distributed.Backend, stream_cls: Any, sto
         backend.barrier()
         export = backend.broadcast_object(export)
     summary = {"status": status, "stage": "seg", "steps": step, "run_dir": str(paths.root), "export": export,
-               "val_dice": val_dice, "losses": last, "world_size": backend.world_size}
+               "val_dice": val_dice, "losses": last, "world_size": backend.world_size,
+               "unlabelled_volumes_skipped": skipped}
     if backend.is_main:
         checkpoint.write_json(summary, paths.root / "summary.json")
     return summary
+
+
+def _unlabelled_volumes(shard_dir: str) -> dict[str, int]:
+    """Unlabelled volumes S leaves out, per split it reads (train, val)."""
+    from cmgan.data.manifest import read_manifest
+    from cmgan.data.pipeline import labelled_volumes
+
+    manifest = read_manifest(shard_dir)
+    return {split: labelled_volumes(manifest, split)[1] for split in ("train", "val")}
 
 
 def _mr_normalization(shard_dir: str) -> dict:

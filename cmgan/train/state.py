@@ -31,15 +31,16 @@ def seed_all(seed: int) -> None:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (bitwise-repeatable runs on the same hardware and thread count) or the fast ones."""
+    """Deterministic kernels (bitwise-repeatable runs on the same hardware, software and thread count) or the
+    fast ones. On CUDA an op without a deterministic kernel raises instead of warning (warn_only=False), so the
+    promise holds or the run stops naming the op; cuBLAS gets its fixed workspace (CUBLAS_WORKSPACE_CONFIG, read at
+    its first call). Where it holds: docs/gpu.md."""
     if not enabled and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True
         return  # nothing to undo (and the call below imports torch._inductor: seconds at start-up)
     if enabled:
-        # cuBLAS needs a fixed workspace to be deterministic; must be set before the first cuBLAS call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # warn_only: an op without a deterministic kernel (some CUDA backward passes) warns instead of killing a run.
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
 

@@ -9,7 +9,7 @@ only compute. Nothing is stored on an object between calls.
 Segmenter S: frozen, eval mode, under no_grad, once per image per step. `objective.translate` runs it on the
 batch [x, gray(y), F(y)] that G receives, so its two maps feed G for G(x), the identity image G(gray(y)) and the
 cycle G(F(y)) without recomputation. For G(F(y)), S sees F(y) under no_grad: the cycle's gradient reaches F
-through G's image input only, not through S's features. S is a fixed anatomical prior (MODEL.md), and
+through G's image input only, not through S's features. S is a fixed anatomical prior (docs/method.md), and
 differentiating through it would cost a second S forward with a graph and a backward per step.
 
 Precision: networks run under `autocast` (bf16/fp16 or nothing); every loss term is computed in float32
@@ -79,7 +79,9 @@ def discriminator_forward(
         return discriminator_losses(nets.Dx, nets.Dy, x, y, fake_x.detach(), fake_y.detach(), loss)
 
 
-def all_finite(*objectives: Objective) -> bool:
-    """True when every total and term is finite (checked before the update)."""
-    values = [o.total.detach() for o in objectives] + [t for o in objectives for t in o.terms.values()]
-    return bool(torch.isfinite(torch.stack([v.float() for v in values])).all())
+def all_finite(*objectives: Objective) -> torch.Tensor:
+    """0-dim bool tensor on the losses' device: True when every total and term is finite (checked before the
+    update). Not read here: on a GPU reading it would wait for the whole step; the trainer folds it into the one
+    agreement all-reduce per step (`Backend.all_reduce_max`)."""
+    values = [o.total.detach() for o in objectives] + [t.detach() for o in objectives for t in o.terms.values()]
+    return torch.isfinite(torch.stack([v.float().reshape(()) for v in values])).all()

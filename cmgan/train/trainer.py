@@ -36,9 +36,14 @@ from cmgan.train import distributed, rundir
 from cmgan.train.ema import EMA
 from cmgan.train.image_pool import ImagePool
 from cmgan.train.monitor import Monitor, sample_grid
-from cmgan.train.schedule import scaled_lr
+from cmgan.train.schedule import report_lr
 from cmgan.train.state import (
-    capture_rng, isolated_start, parameter_digest, rank_seed, restore_rng, seed_all,
+    capture_rng,
+    isolated_start,
+    parameter_digest,
+    rank_seed,
+    restore_rng,
+    seed_all,
 )
 from cmgan.train.step import StepNets, all_finite, discriminator_forward, generator_forward
 from cmgan.train.stop import StopFlag
@@ -64,13 +69,17 @@ class Parts:
     pool_y: ImagePool
     ema: EMA | None
     seg_normalization: dict
+    seg_dice: dict
+    """S's per-class validation Dice from its export (reported in the summary: a weak S makes the fusion moot)."""
+    lr: float
+    """The base learning rate both optimizers start from (after scaling with the global batch)."""
 
 
 def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
     """Networks (identical initialization on every rank), S, optimizers through the seam, pools, EMA."""
     seed_all(cfg.train.seed)
     G, F, Dx, Dy = (backend.place(n) for n in build_networks(cfg.model))
-    S, seg_norm = None, {}
+    S, seg_norm, seg_dice = None, {}, {}
     if cfg.model.fusion != "none":
         from cmgan.train.seg_pretrain import load_segmenter
 
@@ -79,9 +88,9 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
                 f"model.fusion={cfg.model.fusion!r} needs the frozen segmenter: set train.seg_checkpoint to the "
                 "export of `python launch/train.py --stage seg` (<seg.run_dir>/export/seg.pt), or model.fusion=none"
             )
-        S, seg_norm = load_segmenter(cfg.train.seg_checkpoint, cfg.model)
+        S, seg_norm, seg_dice = load_segmenter(cfg.train.seg_checkpoint, cfg.model)
         S = backend.place(S)  # never through DDP: it has no trainable parameters
-    lr = scaled_lr(cfg.optim, backend.global_batch)
+    lr = report_lr(cfg.optim, backend.global_batch, backend.is_main)  # logged; warns when beyond a sane bound
     gen = backend.prepare("generators", {"G": G, "F": F}, lr, cfg.optim, cfg.train.steps)
     disc = backend.prepare("discriminators", {"Dx": Dx, "Dy": Dy}, lr, cfg.optim, cfg.train.steps)
     perceptual = build_perceptual(cfg.loss).to(backend.device)
@@ -95,14 +104,15 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
     ema = EMA(G, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     # From here on each rank draws its own numbers (the networks above are identical on every rank).
     seed_all(rank_seed(cfg.train.seed, rank))
-    return Parts(gen, disc, nets, S, pools[0], pools[1], ema, seg_norm)
+    return Parts(gen, disc, nets, S, pools[0], pools[1], ema, seg_norm, seg_dice, lr)
 
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run (or resume) the CycleGAN training of `cfg` in this process; every process of the job calls it.
 
     Returns {"status": "completed" | "stopped", "steps", "start_step", "run_dir", "export", "checkpoint",
-    "losses", "world_size", "signal"}; the same dict is written to `<run_dir>/summary.json`.
+    "losses", "world_size", "signal", "lr" (the base learning rate used), "precision" (the one the networks ran
+    in)}; the same dict is written to `<run_dir>/summary.json`.
     Raises NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
     """
     return rundir.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
@@ -152,7 +162,7 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
     batches = isolated_start(iter(stream))
     monitor = Monitor(paths.root, tc.steps, step, backend.is_main)
     clock = rundir.SaveClock(tc.ckpt_every_minutes)
-    nets, gen, disc = parts.nets, parts.gen, parts.disc
+    gen, disc = parts.gen, parts.disc
     raw = [gen.raw["G"], gen.raw["F"], disc.raw["Dx"], disc.raw["Dy"]]
     last: dict[str, float] = {}
     last_ckpt: Path | None = resume_from
@@ -178,7 +188,7 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
             "data": stream.state(),
             "digest": digest,
         }
-        meta = {"stage": "cyclegan", "reason": reason, "backend": backend.name, "precision": tc.precision,
+        meta = {"stage": "cyclegan", "reason": reason, "backend": backend.name, "precision": backend.train.precision,
                 "losses": last, "digests": digests, "replicas_identical": len(set(digests)) == 1,
                 "run_dir": str(paths.root)}
         path = checkpoint.save(
@@ -259,22 +269,25 @@ def _train(cfg: RunConfig, backend: distributed.Backend, stop: StopFlag) -> dict
         export = _export(cfg, parts, paths, normalization, step, last, backend)
     summary = {"status": status, "stage": "cyclegan", "steps": step, "start_step": start_step,
                "run_dir": str(paths.root), "export": export, "checkpoint": str(last_ckpt) if last_ckpt else None,
-               "losses": last, "world_size": backend.world_size, "signal": signal_name}
+               "losses": last, "world_size": backend.world_size, "signal": signal_name, "lr": parts.lr,
+               "precision": backend.precision, "seg_dice": parts.seg_dice}
     if backend.is_main:
         checkpoint.write_json(summary, paths.root / "summary.json")
     return summary
 
 
 def _accumulate_step(cfg: RunConfig, backend: distributed.Backend, parts: Parts, batches: Any
-                     ) -> tuple[Any, dict[str, torch.Tensor], bool, float]:
+                     ) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor, float]:
     """Forward + backward of the `train.grad_accum` micro-batches of one step; the update is the caller's.
 
     Returns (the last micro-batch's CycleImages, loss terms averaged over the micro-batches, whether any term
-    was non-finite on this rank, seconds spent waiting for data).
+    was non-finite on this rank as a 0-dim bool tensor on the device, seconds spent waiting for data). Nothing
+    here reads a device value: the step's one host read is the agreement (`rundir.agree`).
     """
     gen, disc, nets, accum = parts.gen, parts.disc, parts.nets, cfg.train.grad_accum
     terms: dict[str, torch.Tensor] = {}
-    nonfinite, waited, images = False, 0.0, None
+    waited, images = 0.0, None
+    nonfinite = torch.zeros((), dtype=torch.bool, device=backend.device)
     for micro in range(accum):
         boundary = micro == accum - 1
         t0 = time.perf_counter()
@@ -289,7 +302,7 @@ def _accumulate_step(cfg: RunConfig, backend: distributed.Backend, parts: Parts,
             d_obj = discriminator_forward(nets, x, y, fake_x, fake_y, cfg.loss, backend.autocast())
             # Every rank runs both backwards even on a non-finite loss: a rank skipping a DDP backward would
             # hang the others. The update is what gets skipped, after the ranks agree.
-            nonfinite |= not all_finite(g_obj, d_obj)
+            nonfinite = nonfinite | ~all_finite(g_obj, d_obj)
             backend.backward(gen, g_obj.total)
             backend.backward(disc, d_obj.total)
         if not boundary:

@@ -2,7 +2,7 @@
 # Install a single-node SLURM test cluster from Debian's packages (munge, slurmctld, slurmd, slurm-client,
 # slurmdbd, mariadb-server). Idempotent: returns in well under a second when everything is installed.
 # Daemons are NOT started here (policy-rc.d blocks that anyway); run slurm/local/start.sh next.
-# Needs root (or passwordless sudo). Facts behind every choice: shared/SLURM-LOCALHOST.md.
+# Needs root (or passwordless sudo). Why each choice: docs/cluster.md.
 set -euo pipefail
 
 need=(munged slurmctld slurmd sinfo sbatch sacct slurmdbd mariadbd)

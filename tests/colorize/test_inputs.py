@@ -121,7 +121,9 @@ def test_slurm_array_tasks_times_ranks_give_distinct_shards_covering_all():
         assert s.count == 6
         seen.add(s.index)
     assert seen == set(range(6))
-    assert shard_from_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}) == Shard(1, 4)
+    assert shard_from_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4"}) == Shard(1, 4)
+    # A batch script's own shell (SLURM_NTASKS but no srun step) is one process: it takes every input.
+    assert shard_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}) == Shard(0, 1)
     assert shard_from_env({}) == Shard(0, 1)
 
 

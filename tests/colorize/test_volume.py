@@ -10,6 +10,7 @@ import tarfile
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from cmgan.colorize.inputs import Input, discover, input_sha256
 from cmgan.colorize.volume import (
@@ -118,3 +119,17 @@ def test_colorized_volume_is_black_outside_the_foreground_and_colored_inside(tmp
     assert sum(calls) == len(prep.slices) and max(calls) == 5
     assert not rgb[~prep.mask].any()
     assert (rgb[prep.mask].max(axis=-1) > 0).mean() > 0.99
+
+
+def test_batches_come_out_in_order_each_equal_to_its_own_generator_call(export_path):
+    """The transfer pipeline hands batch i out after batch i + 1 was queued; order and values are unchanged."""
+    from cmgan.colorize.volume import colorize_batches
+    from cmgan.export import load_export
+
+    export = load_export(export_path, "cpu", autocast=None)
+    slices = np.random.default_rng(0).uniform(-1, 1, (10, 32, 32)).astype(np.float32)
+    out = list(colorize_batches(export, slices, 4))
+    assert [s for s, _ in out] == [0, 4, 8] and [r.shape for _, r in out] == [(4, 32, 32, 3)] * 2 + [(2, 32, 32, 3)]
+    for start, rgb in out:
+        direct = export.colorize(torch.from_numpy(slices[start:start + 4])[:, None]).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_array_equal(rgb, direct)

@@ -125,7 +125,8 @@ def test_montage_shows_gray_above_color_for_tissue_slices(tmp_path):
 def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     final = tmp_path / "x.nii.gz"
     tmp_name(final).write_bytes(b"half")
-    (tmp_path / ".x.nii.gz.tmp999").mkdir()
-    (tmp_path / ".y.nii.gz.tmp1").write_bytes(b"other volume")
+    (tmp_path / ".x.nii.gz.999.tmp.ome.zarr").mkdir()  # another (killed) process's
+    (tmp_path / ".x.nii.gz.old999").mkdir()  # an output moved aside by a killed swap
+    (tmp_path / ".y.nii.gz.1.tmp").write_bytes(b"other volume")
     remove_stale(final)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.nii.gz.tmp1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.nii.gz.1.tmp"]

@@ -170,3 +170,35 @@ def test_loader_workers_survive_the_preemption_signals_the_trainer_handles(demo_
     for _ in range(3):
         assert next(batches)["mr"].shape[0] == 2
     stream.close()
+
+
+def test_a_label_beyond_the_classes_is_caught_on_the_cpu_naming_its_sample(
+    tmp_path: Path, demo_shards: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a GPU a label >= classes is an opaque device-side assert inside the loss; the loader names it."""
+    from cmgan.data.pipeline import DataError
+
+    root = tmp_path / "s"
+    shutil.copytree(demo_shards, root, ignore=shutil.ignore_patterns("sources", "volumes.zarr"))
+    shard = sorted((root / "mr").glob("train-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    bad_key = next(n for n, _ in members if n.endswith(".label.npy")).split(".")[0]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            if name == f"{bad_key}.label.npy":
+                label = np.load(io.BytesIO(data))
+                label[0, 0] = 7
+                buf = io.BytesIO()
+                np.save(buf, label)
+                data = buf.getvalue()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    stream = LabelledStream(_cfg(root, batch_size=1, shuffle_buffer=1, augment=NO_AUGMENT), 32, seed=0,
+                            num_classes=5)
+    keys = [b["keys"][0] for _, b in zip(range(40), stream)]
+    assert bad_key not in keys and len(set(keys)) > 15
+    assert bad_key in caplog.text and "outside [0, 5)" in caplog.text
+    with pytest.raises(DataError, match="set model.seg_classes=5"):
+        LabelledStream(_cfg(demo_shards), 32, num_classes=3)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from cmgan import files
 from cmgan.config import EvalConfig
 from cmgan.data import schema
 from cmgan.eval import evaluator, reference, slices
@@ -71,7 +72,7 @@ def test_a_failure_on_one_rank_is_raised_on_every_rank(tmp_path):
     own = (tmp_path / "rank1.txt").read_text()
     other = (tmp_path / "rank0.txt").read_text()
     assert own.startswith("ValueError: the generator produced NaN") and "subjA_0003" in own
-    assert other.startswith("RuntimeError: evaluation failed on another rank: rank 1: ValueError")
+    assert other.startswith("RuntimeError: failed on another rank: rank 1: ValueError")
 
 
 def test_aggregates_are_the_means_of_per_slice_metrics():
@@ -137,6 +138,83 @@ def test_fid_is_reported_unavailable_without_weights_and_other_metrics_still_run
 
 def test_result_json_is_written_atomically_and_strict(tmp_path):
     result = evaluator.evaluate_batches(toy_colorize, slices.mr_batches(make_samples(3), 4), EvalConfig())
-    path = evaluator.write_json(tmp_path / "m" / "metrics.json", result)
+    path = files.write_json(tmp_path / "m" / "metrics.json", result, allow_nan=False)  # as evaluate() writes it
     assert json.loads(path.read_text()) == result  # strict JSON (NaN would have been refused)
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_records_carry_foreground_metrics_over_the_dilated_mask():
+    from cmgan.eval import structure
+
+    samples = make_samples(4)
+    cfg = EvalConfig(fg_dilate=1)
+    result = evaluator.evaluate_batches(toy_colorize, slices.mr_batches(samples, 4), cfg)
+    batch = next(slices.mr_batches(samples, 4))
+    region = structure.foreground(batch.mask, 1)
+    x, y = structure.to_unit(batch.mr), structure.to_unit(structure.luminance(toy_colorize(batch.mr).double()))
+    want_psnr = [10 * math.log10(1 / ((y[i] - x[i])[region[i]] ** 2).mean().item()) for i in range(4)]
+    records = evaluator.slice_records(batch, toy_colorize(batch.mr), cfg, len(schema.LABEL_NAMES))
+    assert [r["psnr_fg"] for r in records] == pytest.approx(want_psnr, rel=1e-12)
+    assert all(r["psnr_fg"] != r["psnr"] and r["ssim_fg"] != r["ssim"] for r in records)
+    assert result["metrics"]["psnr_fg"]["mean"] == pytest.approx(np.mean(want_psnr), rel=1e-12)
+    subj_a = [i for i, s in enumerate(samples) if s[schema.META_KEY]["subject"] == "subjA"]
+    assert result["per_subject"]["subjA"]["ssim_fg"] == pytest.approx(
+        np.mean([records[i]["ssim_fg"] for i in subj_a]), rel=1e-12)
+    wider = evaluator.slice_records(batch, toy_colorize(batch.mr), EvalConfig(fg_dilate=4), len(schema.LABEL_NAMES))
+    assert [r["psnr_fg"] for r in wider] != [r["psnr_fg"] for r in records]  # the dilation is used
+
+
+def test_without_a_mask_foreground_metrics_are_missing_not_made_up():
+    samples = make_samples(2)
+    for s in samples:
+        del s[schema.MASK_KEY]
+    result = evaluator.evaluate_batches(toy_colorize, slices.mr_batches(samples, 2), EvalConfig())
+    assert result["metrics"]["ssim_fg"]["count"] == 0 and result["metrics"]["ssim_fg"]["mean"] is None
+    assert result["metrics"]["ssim"]["count"] == 2
+
+
+def _authors_scores(mr: torch.Tensor, rgb: torch.Tensor, win: int) -> tuple[list[float], list[float]]:
+    """What the authors' script computes: 8-bit PNGs, the output read as gray, scikit-image on uint8."""
+    from PIL import Image
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    def png(a: np.ndarray, mode: str) -> np.ndarray:  # write an 8-bit PNG in memory the usual way, read it back
+        return np.asarray(Image.fromarray(a, mode))
+
+    ssims, psnrs = [], []
+    for i in range(mr.shape[0]):
+        gray = np.floor((mr[i, 0].double().numpy() + 1) / 2 * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        color = np.floor((rgb[i].double().permute(1, 2, 0).numpy() + 1) / 2 * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        out_gray = np.asarray(Image.fromarray(png(color, "RGB"), "RGB").convert("L"))
+        ssims.append(structural_similarity(out_gray, png(gray, "L"), win_size=win, data_range=255))
+        psnrs.append(peak_signal_noise_ratio(png(gray, "L"), out_gray))
+    return ssims, psnrs
+
+
+def test_paper_preset_matches_scikit_image_with_the_authors_settings():
+    # 128 x 128 slices fit the authors' 101-pixel window as it is.
+    samples = make_samples(3, size=128)
+    batch = next(slices.mr_batches(samples, 3))
+    rgb = toy_colorize(batch.mr)
+    records = evaluator.slice_records(batch, rgb, EvalConfig(preset="paper"), len(schema.LABEL_NAMES))
+    ssims, psnrs = _authors_scores(batch.mr, rgb, 101)
+    assert [r["paper_window"] for r in records] == [101] * 3
+    assert [r["ssim_paper"] for r in records] == pytest.approx(ssims, abs=1e-9)
+    assert [r["psnr_paper"] for r in records] == pytest.approx(psnrs, abs=1e-9)
+    # Not the default definition: float luminance with a Gaussian 11 window scores differently.
+    assert all(abs(r["ssim_paper"] - r["ssim"]) > 1e-3 for r in records)
+
+
+def test_at_64_pixels_the_paper_window_is_clipped_to_63_and_recorded():
+    samples = make_samples(2, size=64)
+    result = evaluator.evaluate_batches(toy_colorize, slices.mr_batches(samples, 2), EvalConfig(preset="paper"))
+    batch = next(slices.mr_batches(samples, 2))
+    ssims, psnrs = _authors_scores(batch.mr, toy_colorize(batch.mr), 63)
+    assert result["paper_windows"] == [63]
+    assert result["metrics"]["ssim_paper"]["mean"] == pytest.approx(np.mean(ssims), abs=1e-9)
+    assert result["metrics"]["psnr_paper"]["mean"] == pytest.approx(np.mean(psnrs), abs=1e-9)
+    assert result["metrics"]["headline"] == ["ssim_paper", "psnr_paper"]
+    assert evaluator.paper_window(64, 64) == 63 and evaluator.paper_window(256, 200) == 101
+    assert evaluator.paper_window(32, 48) == 31
+    settings = evaluator.settings(EvalConfig(preset="paper"), None, None, result["paper_windows"])
+    assert settings["paper"]["windows_used"] == [63] and settings["preset"]["headline"] == ["ssim_paper", "psnr_paper"]

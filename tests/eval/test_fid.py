@@ -16,6 +16,14 @@ def _features(n: int, dims: int, seed: int) -> np.ndarray:
     return (np.abs(rng.standard_normal((n, dims)) @ mix) + 0.3).astype(np.float32)  # non-negative, like pool3
 
 
+def _frechet_by_eigenvalues(mu1, s1, mu2, s2) -> float:
+    """The same distance by another route: Tr sqrt(S1 S2) = sum of sqrt(eig(sqrt(S1) S2 sqrt(S1))), symmetric."""
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(inner).sum())
+
+
 @pytest.mark.parametrize("n", [200, 40])  # 40 < 64 dims: a singular covariance, pytorch-fid's hard case
 def test_frechet_distance_equals_pytorch_fid_on_the_same_features(n):
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -27,6 +35,23 @@ def test_frechet_distance_equals_pytorch_fid_on_the_same_features(n):
     assert ours > 0
     assert ours == pytest.approx(theirs, rel=1e-12)
     assert fid.frechet_distance(*stats[0], *stats[0]) == pytest.approx(0, abs=1e-6 * ours)
+
+
+@pytest.mark.parametrize("n", [200, 40])
+def test_frechet_distance_agrees_with_an_eigenvalue_computation_of_the_same_formula(n):
+    a, b = _features(n, 64, seed=0).astype(np.float64), _features(n, 64, seed=1).astype(np.float64) * 1.1
+    stats = [(x.mean(0), np.cov(x, rowvar=False)) for x in (a, b)]
+    ours = fid.frechet_distance(*stats[0], *stats[1])
+    assert ours > 0
+    assert ours == pytest.approx(_frechet_by_eigenvalues(*stats[0], *stats[1]), rel=1e-6)
+
+
+def test_frechet_distance_of_one_dimensional_gaussians_is_the_closed_form():
+    # N(1, 4) vs N(3, 9): (1 - 3)^2 + 4 + 9 - 2 sqrt(36) = 5
+    assert fid.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])) == (
+        pytest.approx(5.0, rel=1e-12))
+    with pytest.raises(ValueError, match="mean vectors differ in length"):
+        fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
 
 
 def test_feature_sums_give_numpy_mean_and_covariance():

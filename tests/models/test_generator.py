@@ -1,4 +1,4 @@
-"""cmgan.models.generator: the trunk of MODEL.md, spectral norm everywhere but the head, the fusion modes."""
+"""cmgan.models.generator: the trunk of docs/method.md, spectral norm everywhere but the head, the fusion modes."""
 
 import pytest
 import torch
@@ -154,3 +154,24 @@ def test_spectral_norm_runs_in_float32_under_autocast_and_in_bf16_when_the_model
     assert sn._u.dtype == torch.float32 and g.stem[0].weight.dtype == torch.float32
     g.bfloat16()  # a wholesale cast (as DeepSpeed bf16 does) moves the power-iteration state along
     assert g(x.bfloat16()).dtype == torch.bfloat16 and sn._u.dtype == torch.bfloat16
+
+
+def test_resize_upsampling_keeps_shapes_and_spectral_norm():
+    G = Generator(1, 3, width=8, depth=3, fusion="none", upsample="resize")
+    out = G(torch.rand(2, 1, 32, 32) * 2 - 1)
+    assert out.shape == (2, 3, 32, 32) and out.abs().max() <= 1
+    convs = [m for m in G.ups.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 3 and all(is_spectral_normed(c) for c in convs)
+
+
+def test_resize_upsampling_paints_no_checkerboard_where_a_transposed_conv_does():
+    # A constant feature map: a stride-2 4x4 transposed conv overlaps its taps unevenly (2 vs 1 per output in
+    # each direction at the border of its period), a nearest-neighbour resize + 3x3 conv gives a constant interior.
+    from cmgan.models.generator import UPSAMPLE
+
+    torch.manual_seed(0)
+    x = torch.ones(1, 4, 8, 8)
+    for name, periodic in (("transpose", True), ("resize", False)):
+        y = UPSAMPLE[name](4, 2)(x)[..., 2:-2, 2:-2]
+        even_odd = (y[..., ::2, ::2] - y[..., 1::2, 1::2]).abs().max().item()
+        assert (even_odd > 1e-3) == periodic, name

@@ -14,7 +14,14 @@ import pytest
 from cmgan import checkpoint
 from cmgan.sweep import run_sweep
 from tests.slurm.helpers import (
-    job_info, loss_terms, real_sweep, reference_weights, starts, toy_sweep, train_progress, wait_until,
+    job_info,
+    loss_terms,
+    real_sweep,
+    reference_weights,
+    starts,
+    toy_sweep,
+    train_progress,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slurm

@@ -12,7 +12,7 @@ import pytest
 
 from cmgan.sweep import StateStore, run_sweep
 from cmgan.sweep.runner import CRASH_HOOK
-from tests.slurm.helpers import TOY_ENTRY, sweep_jobs, toy_sweep, wait_until
+from tests.slurm.helpers import TOY_ENTRY, sweep_jobs, wait_until
 
 pytestmark = pytest.mark.slurm
 

@@ -8,8 +8,9 @@ import pytest
 import submitit
 
 from cmgan.config import load_config
+from cmgan.distenv import master_port
 from cmgan.sweep import RunJob
-from cmgan.sweep.job import master_port, set_distributed_env, train_status
+from cmgan.sweep.job import set_distributed_env, train_status
 
 
 def test_the_trainers_status_decides_finished_resumable_or_failed():

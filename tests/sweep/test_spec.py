@@ -88,8 +88,51 @@ def test_shipped_sweeps_cover_the_papers_ablations_and_resolve_to_valid_configs(
         sweep = load_sweep(path, sweep_dir=tmp_path / path.stem)
         assert sweep.runs and all(r.error is None for r in sweep.runs), path
         values[path.stem] = [r.cfg for r in sweep.runs]
-    assert {c.model.fusion for c in values["fusion"]} == {"sigmoid", "concat", "none"}
+    assert {c.model.fusion for c in values["fusion"]} == {"sigmoid", "concat"}
+    assert {c.model.fusion for c in values["segmentation"]} == {"sigmoid", "none"}
     assert {c.model.disc_input for c in values["disc-input"]} == {"concat", "residual", "gate", "image"}
     assert {c.loss.edge > 0 for c in values["edge-loss"]} == {True, False}
     grid = {(c.loss.cycle, c.loss.edge) for c in values["loss-weights"]}
     assert len(grid) == 9 and (10.0, 10.0) in grid  # the paper's weights are one point of the grid
+
+
+def test_seeds_repeat_every_run_as_its_own_named_run_with_its_seed_in_the_config(tmp_path):
+    data = {"runs": [{"name": "a", "overrides": ["loss.edge=0.0"]}, {"name": "b"}, {"name": "c"}],
+            "seeds": [0, 1], "reference": "b"}
+    sweep = build_sweep(data, sweep_dir=tmp_path)
+    assert [r.name for r in sweep.runs] == ["a-s0", "b-s0", "c-s0", "a-s1", "b-s1", "c-s1"]  # seed-major
+    assert sweep.configs == ("a", "b", "c") and sweep.seeds == (0, 1) and sweep.reference == "b"
+    assert {(r.config, r.seed, r.cfg.train.seed) for r in sweep.runs} == {
+        (c, s, s) for c in "abc" for s in (0, 1)}
+    assert len({r.run_dir for r in sweep.runs}) == 6 and sweep.run("a-s1").cfg.loss.edge == 0.0
+    # The command line's seeds win; a count N means 0..N-1.
+    again = build_sweep(data, sweep_dir=tmp_path, seeds="3")
+    assert [r.seed for r in again.runs if r.config == "a"] == [0, 1, 2]
+    assert [r.seed for r in build_sweep(data, sweep_dir=tmp_path, seeds="4, 9").runs][:2] == [4, 4]
+    # Without seeds a run is its own configuration and keeps its name.
+    plain = build_sweep({"runs": [{"name": "a"}]}, sweep_dir=tmp_path)
+    assert [(r.name, r.config, r.seed) for r in plain.runs] == [("a", "a", None)] and plain.reference == "a"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"runs": [{"name": "a"}], "seeds": [1, 1]}, "repeats a seed"),
+    ({"runs": [{"name": "a"}], "seeds": []}, "non-empty list"),
+    ({"runs": [{"name": "a"}], "seeds": [-1]}, "integers >= 0"),
+    ({"runs": [{"name": "a"}], "reference": "zz"}, "reference='zz' is not one of"),
+])
+def test_bad_seeds_and_references_are_named(data, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        build_sweep(data, sweep_dir=tmp_path)
+
+
+def test_every_paper_table_sweep_loads_with_seeds_and_valid_configs():
+    for name, configs in {"fusion": 2, "edge-loss": 2, "segmentation": 2, "disc-input": 4, "baselines": 3}.items():
+        sweep = load_sweep(REPO / "configs" / "sweeps" / f"{name}.toml")
+        assert len(sweep.configs) == configs and sweep.seeds == (0, 1, 2), name
+        assert not [r.error for r in sweep.runs if r.error], name
+        assert "Table" in (REPO / "configs" / "sweeps" / f"{name}.toml").read_text()
+    base = load_sweep(REPO / "configs" / "sweeps" / "baselines.toml")
+    cyc = base.run("cyclegan-s0").cfg
+    assert (cyc.model.fusion, cyc.loss.edge, cyc.model.disc_input, cyc.loss.gray) == ("none", 0.0, "image", 0.0)
+    ccg = base.run("colorcyclegan-s0").cfg
+    assert (ccg.model.fusion, ccg.loss.edge, ccg.model.disc_input, ccg.loss.gray) == ("none", 0.0, "image", 10.0)

@@ -58,3 +58,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def one_step_conv_dtypes(cfg, backend, parts) -> tuple[set, dict, object]:
+    """Run one real step (`_accumulate_step`) of `parts` and return (the dtypes of G's first convolution's
+    outputs during it, the step's loss terms, its non-finite flag)."""
+    import torch
+
+    from cmgan.data.pipeline import UnpairedStream
+    from cmgan.train.trainer import _accumulate_step
+
+    seen = []
+    conv = next(m for m in parts.gen.raw["G"].modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        batches = iter(UnpairedStream(cfg.data, cfg.model.image_size, 0, 1, cfg.train.seed))
+        _, terms, nonfinite, _ = _accumulate_step(cfg, backend, parts, batches)
+    finally:
+        hook.remove()
+    return set(seen), terms, nonfinite

@@ -42,3 +42,21 @@ def test_scheduler_follows_the_rule_after_a_state_dict_round_trip():
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_the_rate_a_run_uses_is_reported_and_a_rate_beyond_the_gan_bound_warns(caplog):
+    from cmgan.train.schedule import LR_WARN_ABOVE, report_lr
+
+    scaled = OptimConfig(lr=2e-4, scale_lr=True, base_batch=1)
+    with caplog.at_level("INFO", logger="cmgan.train.schedule"):
+        assert report_lr(scaled, 2) == pytest.approx(4e-4)
+    assert "learning rate 0.0004" in caplog.text and "WARNING" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cmgan.train.schedule"):
+        lr = report_lr(scaled, 32)  # e.g. 8 GPUs x batch 4
+    assert lr == pytest.approx(6.4e-3) and lr > LR_WARN_ABOVE
+    assert any(r.levelname == "WARNING" and "above 0.001" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cmgan.train.schedule"):
+        report_lr(scaled, 32, is_main=False)  # other ranks stay quiet
+    assert not caplog.records
