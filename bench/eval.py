@@ -128,7 +128,7 @@ def network_rounds(weights: Path, home: Path, images01: torch.Tensor, rounds: in
         fns[f"cmgan_{prec}"] = model.features
     feats, times = {}, {k: [] for k in fns}
     with torch.inference_mode():
-        for name, fn in fns.items():
+        for fn in fns.values():
             fn(images01[:2])  # warm-up: oneDNN picks its kernels on the first call
         for _ in range(rounds):
             for name, fn in fns.items():
@@ -161,7 +161,7 @@ def command_rounds(fake_dir: Path, real_dir: Path, weights: Path, home: Path, ro
         values["cmgan"] = float(re.search(r"FID:\s+([0-9.eE+-]+)", out.stdout).group(1))
     med = {k: sorted(v)[len(v) // 2] for k, v in walls.items()}
     return {
-        f"command_s": {k: round(v, 2) for k, v in med.items()},
+        "command_s": {k: round(v, 2) for k, v in med.items()},
         "command_cmgan_precision": precision,
         "command_pytorch_fid_over_cmgan_time": round(med["pytorch_fid"] / med["cmgan"], 2),
         "command_fid": values,

