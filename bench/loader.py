@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info
 from PIL import Image
 
 
@@ -140,8 +141,8 @@ def main() -> None:
         shards_rate, png_rate = float(np.median(shards_rates)), float(np.median(png_rates))
     w = max(1, args.workers)
     print(json.dumps({
-        "bench": "loader", "size": args.size, "batch": args.batch, "workers": args.workers,
-        "prefetch_per_worker": args.prefetch, "rounds": rounds, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "bench": "loader", **machine_info(), "size": args.size, "batch": args.batch, "workers": args.workers,
+        "prefetch_per_worker": args.prefetch, "rounds": rounds,
         "shards_pairs_per_s_rounds": [round(r, 1) for r in shards_rates],
         "png_pairs_per_s_rounds": [round(r, 1) for r in png_rates],
         "samples": {"mr": len(paths["mr"]), "color": len(paths["color"])},

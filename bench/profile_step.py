@@ -1,6 +1,6 @@
-"""Operator profile of one real training step (torch.profiler): where the time of a bf16 step goes.
+"""Operator profile of one real training step (torch.profiler): where the time of a step goes.
 
-    python bench/profile_step.py                                   # 256x256, batch 4, width 64, bf16 + channels_last
+    python bench/profile_step.py                                   # 256x256, batch 4, width 64, cmgan's defaults
     python bench/profile_step.py --size 64 --batch 2 --width 16    # small, for a quick look
 
 The step is `bench/trainstep.py`'s (the trainer's own build and step, identity term on with VGG19). After
@@ -20,8 +20,11 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
 from torch.profiler import ProfilerActivity, profile
 from trainstep import TrainStep, bench_setup, find_vgg
+
+from cmgan.precision import resolve
 
 #: Operator name fragments by group (self time of aten ops; a parent's time is not double-counted).
 GROUPS = {
@@ -44,7 +47,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: what train.precision=auto picks on this machine (fp32 where bf16 is emulated)")
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--top", type=int, default=15)
@@ -54,7 +58,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cmgan-bench-profile-") as tmp:
         setup = bench_setup(Path(tmp), args.size, args.width, find_vgg(args.vgg))
-        step = TrainStep(setup, args.precision, not args.nchw, args.batch)
+        precision = resolve(args.precision, "cuda" if torch.cuda.is_available() else "cpu")
+        step = TrainStep(setup, precision, not args.nchw, args.batch)
         for _ in range(args.warmup):
             step()
         t0 = time.perf_counter()
@@ -76,8 +81,7 @@ def main() -> None:
                     "calls": e.count})
     print(json.dumps({
         "bench": "profile", "variant": step.name, "size": args.size, "batch": args.batch, "width": args.width,
-        "vgg": os.path.basename(setup.vgg) or "none", "threads": torch.get_num_threads(),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "step_s_profiled": round(wall, 3),
+        "vgg": os.path.basename(setup.vgg) or "none", **machine_info(), "step_s_profiled": round(wall, 3),
         "group_share": {g: round(v / total, 4) for g, v in sorted(groups.items(), key=lambda kv: -kv[1])},
         "top": top,
     }))
