@@ -92,13 +92,14 @@ class TrainStep:
     def __init__(self, setup: BenchSetup, precision: str, channels_last: bool, batch: int,
                  compile: bool = False) -> None:
         from cmgan.config import load_config
+        from cmgan.distenv import detect_env
         from cmgan.train import distributed
         from cmgan.train.trainer import build
 
         self.name = self.variant_name(precision, channels_last, batch, compile)
         self.batch = batch
         self.cfg = load_config(None, overrides(setup, precision, channels_last, batch, compile))
-        self.backend = distributed.Backend(self.cfg.train, batch, distributed.detect_env())
+        self.backend = distributed.Backend(self.cfg.train, batch, detect_env())
         self.parts = build(self.cfg, self.backend)
         g = torch.Generator().manual_seed(1)
         x = torch.rand(batch, 1, setup.size, setup.size, generator=g) * 2 - 1
@@ -115,7 +116,7 @@ class TrainStep:
         from cmgan.train.trainer import _accumulate_step
 
         _, terms, nonfinite, _ = _accumulate_step(self.cfg, self.backend, self.parts, self.batches)
-        if nonfinite:
+        if bool(nonfinite):
             raise RuntimeError(f"variant {self.name}: non-finite loss")
         self.backend.step(self.parts.gen, True)
         self.backend.step(self.parts.disc, True)
