@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cmgan.models.layers import ConvBlock, InstanceNorm
+from cmgan.models.layers import ConvBlock, InstanceNorm, _InstanceNormActChannelsLast
 
 ACTS = {"none": lambda: None, "relu": lambda: nn.ReLU(inplace=True), "lrelu": lambda: nn.LeakyReLU(0.2, inplace=True)}
 
@@ -17,14 +17,28 @@ def reference(x: torch.Tensor, act: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("act", list(ACTS))
-def test_channels_last_path_passes_gradcheck_in_float64(act):
+def test_fused_channels_last_function_passes_gradcheck_in_float64(act):
+    """The fused autograd function itself (InstanceNorm routes only bf16 to it; its math is dtype-free)."""
     torch.manual_seed(0)
     x = (torch.randn(2, 3, 4, 3, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
-    norm = InstanceNorm(3, act=ACTS[act]())
-    # Away from the activation's kink at 0, where finite differences are not a derivative.
+    slope = {"none": None, "relu": 0.0, "lrelu": 0.2}[act]
     x = x.detach().requires_grad_()
-    assert torch.autograd.gradcheck(norm, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
-    assert torch.allclose(norm(x), reference(x, act), atol=1e-10)
+    fused = lambda t: _InstanceNormActChannelsLast.apply(t, 1e-5, slope)  # noqa: E731
+    assert torch.autograd.gradcheck(fused, (x,), eps=1e-6, atol=1e-6, fast_mode=True)
+    assert torch.allclose(fused(x), reference(x, act), atol=1e-10)
+
+
+def test_bf16_channels_last_takes_the_fused_function_and_fp32_does_not():
+    """fp32 channels_last goes to group_norm's channels-last kernels (faster in fp32 on the CPU), bf16 to the fusion."""
+    norm = InstanceNorm(4, act=nn.ReLU())
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def backward_node(t: torch.Tensor) -> str:
+        return type(norm(t.detach().requires_grad_()).grad_fn).__name__
+
+    assert backward_node(x.bfloat16()) == "_InstanceNormActChannelsLastBackward"
+    assert backward_node(x) != "_InstanceNormActChannelsLastBackward"
+    assert backward_node(x.bfloat16().contiguous()) != "_InstanceNormActChannelsLastBackward"
 
 
 @pytest.mark.parametrize("fmt", ["nchw", "channels_last"])
@@ -80,7 +94,7 @@ def test_only_relu_and_leaky_relu_can_be_fused():
 
 def test_output_of_the_fused_path_may_not_be_changed_in_place_before_backward():
     """The backward takes the activation's mask from the saved output; autograd must catch a later edit."""
-    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 4, 8, 8).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
     y = InstanceNorm(4, act=nn.ReLU())(x)
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
