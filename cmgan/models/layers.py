@@ -116,8 +116,8 @@ class InstanceNorm(nn.Module):
       than that in bf16, measured on an AVX512-BF16 CPU, the hardware where bf16 is the chosen precision);
     * CPU otherwise (fp32 in either layout, bf16 NCHW): `group_norm` with one group per channel (its output keeps
       the input's layout), then the activation in place. For fp32 channels_last on an AVX2 CPU, group_norm's
-      channels-last kernels are ~2.3x faster (forward + backward) than the per-sample batch-norm path
-      (measured in alternating rounds, (2, 64, 64, 64), see docs/performance.md), so fp32 does not take it;
+      channels-last kernels are 2.3-2.9x faster (forward + backward) than the per-sample batch-norm path
+      (alternating rounds, bench/instancenorm.py, docs/performance.md), so fp32 does not take it;
     * CUDA: torch's native instance_norm (cuDNN), then the activation in place.
     """
 
