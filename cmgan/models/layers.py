@@ -113,11 +113,14 @@ class InstanceNorm(nn.Module):
     `act(nn.InstanceNorm2d(C, affine=False)(x))`, computed by whichever kernel is fast for the input:
     * CPU, channels_last, bf16: `_InstanceNormActChannelsLast` (torch's channels-last batch-norm kernels per
       sample, activation fused, no layout conversion; torch's channels-last group_norm backward is ~30x slower
-      than that in bf16, measured on an AVX512-BF16 CPU, the hardware where bf16 is the chosen precision);
-    * CPU otherwise (fp32 in either layout, bf16 NCHW): `group_norm` with one group per channel (its output keeps
-      the input's layout), then the activation in place. For fp32 channels_last on an AVX2 CPU, group_norm's
-      channels-last kernels are 2.3-2.9x faster (forward + backward) than the per-sample batch-norm path
-      (alternating rounds, bench/instancenorm.py, docs/performance.md), so fp32 does not take it;
+      than that in bf16, measured on an AVX512-BF16 CPU, the hardware where bf16 is the chosen precision; the
+      fusion saves the `cat` copies and the activation's saved input there, its speed was not measured there);
+    * CPU channels_last, other dtypes (fp32): `batch_norm` in training mode on each sample, concatenated, then
+      the activation in place (the composition the fused function replaces). On this project's AVX2 machine
+      (fp32, alternating rounds, bench/instancenorm.py, docs/performance.md) the fused function was 1.37x
+      slower than this with 1 thread, and `group_norm` on the channels_last tensor 2x slower; with 2 threads
+      on the overloaded machine the order reversed (thread-scheduling waits), so fp32 keeps this path;
+    * CPU NCHW: `group_norm` with one group per channel, then the activation in place;
     * CUDA: torch's native instance_norm (cuDNN), then the activation in place.
     """
 
@@ -129,11 +132,12 @@ class InstanceNorm(nn.Module):
         self.act = act if self.slope is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 4 and x.shape[1] > 1:
-            channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-            if channels_last:
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and channels_last:
+            if x.dtype == torch.bfloat16:
                 return _InstanceNormActChannelsLast.apply(x, self.eps, self.slope)
-        if x.device.type == "cuda":
+            y = torch.cat([F.batch_norm(s, None, None, training=True, eps=self.eps) for s in x.split(1)])
+        elif x.device.type == "cuda":
             y = F.instance_norm(x, eps=self.eps)
         else:
             y = F.group_norm(x, self.channels, eps=self.eps)
