@@ -8,9 +8,12 @@ Both sides read the same slices of both domains and give (B, C, 256, 256) float3
   intensity jitter, batching in the workers);
 - png: the reference `UnalignedDataset` recipe: `Image.open(path).convert(...)`, Resize(286) + RandomCrop(256) +
   flip + ToTensor + Normalize, per sample, collated by a DataLoader with the same workers.
+Both use the same workers and the same prefetch depth (`--prefetch` batches per worker). Rounds alternate
+between the two; before each timed round the loader's ready queue is drained (workers x prefetch batches taken
+untimed), so no round starts with batches its workers made while the other loader was being timed.
 Prints ONE JSON line: pairs/s (one MR + one color slice) of each (medians of alternating rounds), per worker,
 and the ratio. Compare
-`shards_pairs_per_s` with the trainer's steps/s x batch (bench/step.py): the loader must stay well above it.
+`shards_pairs_per_s` with the trainer's steps/s x batch (bench/train.py): the loader must stay well above it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info
 from PIL import Image
 
 
@@ -98,6 +102,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5, help="alternating measurement rounds (medians reported)")
+    p.add_argument("--prefetch", type=int, default=2, help="batches prefetched per worker, both loaders")
     args = p.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -109,10 +114,12 @@ def main() -> None:
         root = args.shards or make_shards(Path(tmp) / "shards", args.size)
         paths = export_png(root, Path(tmp) / "png")
         cfg = DataConfig(mr_shards=str(root / "mr"), color_shards=str(root / "color"), split="train",
-                         batch_size=args.batch, num_workers=args.workers, shuffle_buffer=64)
+                         batch_size=args.batch, num_workers=args.workers, shuffle_buffer=64,
+                         prefetch_factor=args.prefetch)
         shards = iter(UnpairedStream(cfg, args.size, seed=0))
         loader = torch.utils.data.DataLoader(UnalignedPNG(paths, args.size), batch_size=args.batch, shuffle=True,
                                              num_workers=args.workers, persistent_workers=args.workers > 0,
+                                             prefetch_factor=args.prefetch if args.workers > 0 else None,
                                              drop_last=True, generator=torch.Generator().manual_seed(0))
 
         def forever():
@@ -124,14 +131,20 @@ def main() -> None:
             next(shards), next(png)
         # Alternate rounds so both see the same machine load (this machine is shared); report medians.
         rounds = max(1, args.rounds)
+        queued = max(1, args.workers) * args.prefetch  # batches a loader can have ready before it is asked
         shards_rates, png_rates = [], []
         for _ in range(rounds):
-            shards_rates.append(rate(shards, args.batches // rounds, args.batch))
-            png_rates.append(rate(png, args.batches // rounds, args.batch))
+            for it, rates in ((shards, shards_rates), (png, png_rates)):
+                for _ in range(queued):  # drain: what was made while the other loader ran is not timed
+                    next(it)
+                rates.append(rate(it, args.batches // rounds, args.batch))
         shards_rate, png_rate = float(np.median(shards_rates)), float(np.median(png_rates))
     w = max(1, args.workers)
     print(json.dumps({
-        "bench": "loader", "size": args.size, "batch": args.batch, "workers": args.workers,
+        "bench": "loader", **machine_info(), "size": args.size, "batch": args.batch, "workers": args.workers,
+        "prefetch_per_worker": args.prefetch, "rounds": rounds,
+        "shards_pairs_per_s_rounds": [round(r, 1) for r in shards_rates],
+        "png_pairs_per_s_rounds": [round(r, 1) for r in png_rates],
         "samples": {"mr": len(paths["mr"]), "color": len(paths["color"])},
         "shards_pairs_per_s": round(shards_rate, 1), "png_pairs_per_s": round(png_rate, 1),
         "shards_pairs_per_s_per_worker": round(shards_rate / w, 1),

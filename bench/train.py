@@ -1,23 +1,30 @@
-"""Training throughput of the real loop (`cmgan.train.trainer.train`): fp32 NCHW vs bf16 autocast + channels_last.
+"""Training throughput of the real step, identity (VGG19 perceptual) term on, against baselines measured in the run.
 
-    python bench/train.py                                   # 256x256, batch 4, the paper's widths, demo shards
-    python bench/train.py --size 64 --batch 2 --width 16 --steps 3 --warmup 1    # small, for a quick look
+    python bench/train.py                                   # 256x256, batch 4, width 64 (the paper's networks)
+    python bench/train.py --size 64 --batch 2 --width 16 --rounds 2     # small, for a quick look
 
-Each variant runs `train(cfg)` in its own process (so its peak RSS is its own) on demo shards resampled to
-`--size`: data stream with a worker, S (frozen, fused by sigmoid gates), G, F, Dx, Dy, pools, the per-step
-agreement, logging. The first `--warmup` steps are discarded; images/s and the data-wait share (time blocked on
-the loader / step time) come from the trainer's own per-step metrics over the next `--steps` steps.
+Variants, each its own networks in this one process (world size 1), same weights, same fixed images
+(`bench/trainstep.py`: the trainer's own build and step, so DDP-free but otherwise the real loop):
+- `ours`:      cmgan's defaults at `--batch`: `train.precision=auto` resolved on this machine (bf16 autocast where
+               the CPU/GPU computes bf16 natively, else fp32: on an AVX2-only CPU bf16 is emulated and many times
+               slower) and channels_last (`train.channels_last=true`); `--precision` forces one;
+- `fp32`:      fp32, NCHW, eager, at `--batch` (what a user gets without those choices): the baseline;
+- `fp32_b1`:   fp32, NCHW, eager, batch 1: the public code's published configuration (its precision, layout and
+               batch; run with cmgan's networks and step, since the public code itself is not part of this repo);
+- `ours_compiled` (with `--compile`): ours under torch.compile (compile time reported).
+Also in every round: the machine's 3x3 conv throughput (128 -> 128 channels, (4, 128, S, S), S = `--conv-size`)
+in ours' precision and channels_last, forward alone and forward + backward. After `--warmup` untimed steps per
+variant, `--rounds` rounds each time one step of every variant and the convs, in turn (load from other processes
+falls on all alike); medians are reported, with the load average and the machine (`bench/machine.py`).
 
-Also measured in this run:
-- model FLOPs of one training step (forward + backward of G, F, S, Dx, Dy), counted by
-  torch.utils.flop_counter.FlopCounterMode at batch 1 and scaled by the batch;
-- the machine's conv throughput (3x3 conv, 128 -> 128 channels, 128x128, batch 4) in fp32 NCHW and bf16
-  channels_last; utilization = achieved model FLOP/s / that throughput (same precision);
-- peak RSS of the training process per image (the loader worker is a separate process, not counted), from
-  runs at batch 1 and `--batch`: the slope is the memory per image, the intercept the fixed cost; the largest
-  batch that fits 16 GiB is extrapolated from them (an estimate, not a run at that batch).
-Reference (not re-measured here): the paper's public code, timed with its own step on this CPU (fp32, batch 1,
-256x256), does about 0.1 images/s (issue 4).
+Utilization = model FLOP/s of ours / conv FLOP/s (same precision, channels_last) of the same round set. Model
+FLOPs (forward + backward of G, F, S, Dx, Dy and the VGG) are counted by torch.utils.flop_counter at 64x64,
+batch 1, and scaled by (size/64)^2 x batch: every layer is a convolution whose cost is proportional to the pixel count.
+
+Memory (unless `--memory-batches ''`): peak RSS of a fresh process running two steps of ours at each of the given
+batches; the slope over batch is the memory per image, the intercept the fixed cost; the largest batch that fits
+16 GiB is extrapolated linearly from them (an estimate, not a run at that batch). Data loading is not in these
+steps (fixed batches): bench/loader.py measures the loader against the step rate.
 
 Prints ONE JSON line.
 """
@@ -26,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,113 +44,45 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info
+from trainstep import TrainStep, bench_setup, conv_throughput, find_vgg, step_flops
 
-PUBLIC_CODE_IMAGES_PER_S = 0.1
+from cmgan.precision import resolve
+
 HOST_BUDGET_GIB = 16.0
+FLOP_COUNT_SIZE = 64
 
 
-def make_shards(root: Path, size: int) -> Path:
-    """Demo phantoms (64^3 volumes) through the real ingest, resampled to `size` x `size` slices."""
-    from shards.build import BuildOptions, build
-    from shards.demo import write_sources
-
-    dirs = write_sources(root, subjects=2, color_subjects=2, size=64, seed=0)
-    common = dict(size=size, salt_file=dirs["salt"], max_count=64, split=(1.0, 0.0, 0.0))
-    build([dirs["mr"]], BuildOptions(domain="mr", out=root / "mr", labels=(str(dirs["mr_labels"]),), **common))
-    build([dirs["color"]], BuildOptions(domain="color", out=root / "color", **common))
-    return root
+def memory_child(args: argparse.Namespace) -> None:
+    """Two steps of ours at `--child-batch` in this fresh process; prints its peak RSS (GiB)."""
+    setup = bench_setup(Path(args.root), args.size, args.width, args.vgg_file)
+    step = TrainStep(setup, args.precision, True, args.child_batch)
+    step(), step()
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    print(json.dumps({"batch": args.child_batch, "peak_rss_gib": peak_gib}))
 
 
-def overrides(args: argparse.Namespace, root: Path, precision: str, batch: int) -> list[str]:
-    cl = "true" if precision == "bf16" else "false"
-    return [
-        f"model.image_size={args.size}", f"model.width={args.width}", f"model.seg_width={args.width}",
-        f"model.disc_width={args.width // 2}", "model.fusion=sigmoid", f"train.seg_checkpoint='{root / 'seg.pt'}'",
-        f"data.mr_shards='{root / 'mr'}'", f"data.color_shards='{root / 'color'}'", f"data.batch_size={batch}",
-        f"data.num_workers={args.workers}", f"train.precision={precision}", f"train.channels_last={cl}",
-        f"train.steps={args.warmup + args.steps}", "train.log_every=1", "train.sample_every=0",
-        "train.ckpt_every_steps=0", "train.ckpt_every_minutes=0", "train.keep_last=1",
-        f"train.run_dir='{root / f'run-{precision}-b{batch}'}'",
-    ]
-
-
-def child(args: argparse.Namespace) -> dict:
-    """One variant in this process: run the trainer, read its per-step metrics."""
-    from cmgan.config import load_config
-    from cmgan.train.trainer import train
-
-    root = Path(args.root)
-    cfg = load_config(None, overrides(args, root, args.child, args.child_batch))
-    summary = train(cfg)
-    lines = [json.loads(x) for x in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    timed = lines[args.warmup:]
-    start = lines[args.warmup - 1]["time"] if args.warmup else timed[0]["time"] - 1 / timed[0]["images_per_s"]
-    span = timed[-1]["time"] - start
-    step_times = [cfg.data.batch_size / r["images_per_s"] for r in timed]
-    wait = sum(r["data_wait"] * t for r, t in zip(timed, step_times))
-    return {
-        "images_per_s": len(timed) * cfg.data.batch_size / span,
-        "data_wait_share": wait / sum(step_times),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-        "final_losses_finite": all(v == v and abs(v) != float("inf") for v in summary["losses"].values()),
-    }
-
-
-def step_flops(args: argparse.Namespace, root: Path) -> float:
-    """FLOPs of one training step at batch 1 (forward + backward of every network), by FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from cmgan.config import load_config
-    from cmgan.train import distributed
-    from cmgan.train.step import discriminator_forward, generator_forward
-    from cmgan.train.trainer import build
-
-    cfg = load_config(None, overrides(args, root, "fp32", 1))
-    backend = distributed.setup(cfg.train, 1)
-    try:
-        parts = build(cfg, backend)
-        x = torch.rand(1, 1, args.size, args.size) * 2 - 1
-        y = torch.rand(1, 3, args.size, args.size) * 2 - 1
-        with FlopCounterMode(display=False) as counter:
-            with backend.frozen(parts.disc):
-                images, g = generator_forward(parts.nets, x, y, cfg.loss, cfg.model.laplacian, backend.autocast())
-            d = discriminator_forward(parts.nets, x, y, images.fake_x, images.fake_y, cfg.loss, backend.autocast())
-            (g.total + d.total).backward()
-        return float(counter.get_total_flops())
-    finally:
-        backend.close()
-
-
-def conv_throughput(precision: str, reps: int = 5) -> float:
-    """FLOP/s of a 3x3 conv 128 -> 128 on (4, 128, 128, 128): fp32 NCHW or bf16 channels_last."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
-    x = torch.randn(4, 128, 128, 128, device=device)
-    if precision == "bf16":
-        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    ctx = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with torch.no_grad(), ctx:
-        conv(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(reps):
-            conv(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / reps
-    return 2 * 128 * 128 * 9 * 128 * 128 * 4 / dt
-
-
-def run_child(args: argparse.Namespace, root: Path, precision: str, batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", precision, "--child-batch", str(batch), "--root", str(root),
-           "--size", str(args.size), "--width", str(args.width), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--workers", str(args.workers)]
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CMGAN_TEST_SIGNAL_AT_STEP": ""})
-    if res.returncode != 0:
-        raise RuntimeError(f"{precision} batch {batch} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def measure_memory(args: argparse.Namespace, root: Path, batches: list[int]) -> dict:
+    rss = {}
+    for b in batches:
+        cmd = [sys.executable, __file__, "--child-batch", str(b), "--root", str(root), "--size", str(args.size),
+               "--width", str(args.width), "--vgg", args.vgg_file or "none", "--precision", args.precision]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"memory run at batch {b} failed:\n{res.stderr[-3000:]}")
+        rss[b] = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_gib"]
+    out = {f"peak_rss_gib_b{b}": round(v, 3) for b, v in rss.items()}
+    if len(batches) >= 2:
+        n = len(batches)
+        mx, my = sum(batches) / n, sum(rss.values()) / n
+        slope = sum((b - mx) * (rss[b] - my) for b in batches) / sum((b - mx) ** 2 for b in batches)
+        fixed = my - slope * mx
+        out.update({
+            "rss_gib_per_image": round(slope, 3),
+            "rss_gib_fixed": round(fixed, 3),
+            "max_batch_in_16gib_extrapolated": int((HOST_BUDGET_GIB - fixed) // slope) if slope > 0 else None,
+        })
+    return out
 
 
 def main() -> None:
@@ -149,67 +90,89 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--width", type=int, default=64, help="G and S width (D gets half); 64 = the paper")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--workers", type=int, default=1, help="loader workers")
-    p.add_argument("--child", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=2, help="alternating timed rounds (one step per variant each)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant")
+    p.add_argument("--vgg", default="auto", help="VGG weights of the identity term: auto, none, or a file")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="ours' precision (auto: what train.precision=auto picks on this machine)")
+    p.add_argument("--conv-size", type=int, default=128, help="spatial size of the conv-throughput probe")
+    p.add_argument("--no-published", action="store_true", help="skip the fp32 batch-1 variant")
+    p.add_argument("--compile", action="store_true", help="add ours under torch.compile")
+    p.add_argument("--memory-batches", default="1,2", help="batches of the peak-RSS runs ('' = skip)")
     p.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.warmup < 1:
-        p.error("--warmup must be >= 1 (the first step includes start-up)")
-    if args.child:
-        import logging
-
-        logging.disable(logging.WARNING)
-        print(json.dumps(child(args)))
+    logging.disable(logging.WARNING)
+    args.vgg_file = find_vgg(args.vgg)
+    args.precision = resolve(args.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    if args.child_batch:
+        memory_child(args)
         return
 
     with tempfile.TemporaryDirectory(prefix="cmgan-bench-train-") as tmp:
-        root = make_shards(Path(tmp), args.size)
-        from cmgan.config import load_config
-        from cmgan.models import build_segmenter
-        from cmgan.train.seg_pretrain import save_seg_export
+        tmp = Path(tmp)
+        setup = bench_setup(tmp / "main", args.size, args.width, args.vgg_file)
+        flops_1 = step_flops(bench_setup(tmp / "count", FLOP_COUNT_SIZE, args.width, args.vgg_file)) * (
+            args.size / FLOP_COUNT_SIZE) ** 2
+        variants = [(args.precision, True, args.batch, False), ("fp32", False, args.batch, False)]
+        if not args.no_published:
+            variants.append(("fp32", False, 1, False))
+        if args.compile:
+            variants.append((args.precision, True, args.batch, True))
+        steps = {}
+        compile_s = None
+        for precision, cl, batch, comp in variants:
+            step = TrainStep(setup, precision, cl, batch, compile=comp)
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                step()
+            if comp:
+                compile_s = time.perf_counter() - t0  # first steps: tracing and compilation
+            steps[step.name] = step
+        ours = steps[TrainStep.variant_name(args.precision, True, args.batch)].name
+        base = TrainStep.variant_name("fp32", False, args.batch)
+        load_start = os.getloadavg()[0]
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        conv_fwd, conv_train = [], []
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
+            conv_fwd.append(conv_throughput(args.precision, True, size=args.conv_size))
+            conv_train.append(conv_throughput(args.precision, True, backward=True, size=args.conv_size))
+        load_end = os.getloadavg()[0]
+        memory = {}
+        if args.memory_batches:
+            memory = measure_memory(args, tmp / "main", [int(b) for b in args.memory_batches.split(",")])
 
-        model = load_config(None, overrides(args, root, "fp32", 1)).model
-        torch.manual_seed(0)  # S's weights do not change its cost; an untrained S stands in for a pretrained one
-        save_seg_export(root / "seg.pt", model=model, state=build_segmenter(model).state_dict(),
-                        normalization={}, val_dice={}, meta={"bench": True})
-        fp32 = run_child(args, root, "fp32", args.batch)
-        bf16 = run_child(args, root, "bf16", args.batch)
-        bf16_1 = run_child(args, root, "bf16", 1) if args.batch > 1 else bf16
-        flops_1 = step_flops(args, root)
-    peaks = {"fp32": conv_throughput("fp32"), "bf16": conv_throughput("bf16")}
-    flops = flops_1 * args.batch
-    per_image = (bf16["peak_rss_gib"] - bf16_1["peak_rss_gib"]) / max(1, args.batch - 1)
-    fixed = bf16_1["peak_rss_gib"] - per_image
+    rate = {name: steps[name].batch / statistics.median(t) for name, t in times.items()}
+    peak_fwd, peak_train = statistics.median(conv_fwd), statistics.median(conv_train)
+    achieved = flops_1 * rate[ours]
     result = {
-        "bench": "train",
-        "size": args.size, "batch": args.batch, "width": args.width, "steps": args.steps, "workers": args.workers,
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 2),
-        "fp32_images_per_s": round(fp32["images_per_s"], 3),
-        "bf16_cl_images_per_s": round(bf16["images_per_s"], 3),
-        "speedup_bf16_cl_over_fp32": round(bf16["images_per_s"] / fp32["images_per_s"], 2),
-        "public_code_fp32_b1_images_per_s_reported": PUBLIC_CODE_IMAGES_PER_S,
-        "speedup_bf16_cl_over_public_code": round(bf16["images_per_s"] / PUBLIC_CODE_IMAGES_PER_S, 1),
-        "fp32_data_wait_share": round(fp32["data_wait_share"], 4),
-        "bf16_cl_data_wait_share": round(bf16["data_wait_share"], 4),
-        "model_gflop_per_step": round(flops / 1e9, 2),
-        "conv_tflops_fp32": round(peaks["fp32"] / 1e12, 3),
-        "conv_tflops_bf16_cl": round(peaks["bf16"] / 1e12, 3),
-        "utilization_fp32": round(flops * fp32["images_per_s"] / args.batch / peaks["fp32"], 3),
-        "utilization_bf16_cl": round(flops * bf16["images_per_s"] / args.batch / peaks["bf16"], 3),
-        "peak_rss_gib_fp32": round(fp32["peak_rss_gib"], 3),
-        "peak_rss_gib_bf16_cl": round(bf16["peak_rss_gib"], 3),
-        "peak_rss_gib_per_image_fp32": round(fp32["peak_rss_gib"] / args.batch, 3),
-        "peak_rss_gib_per_image_bf16_cl": round(bf16["peak_rss_gib"] / args.batch, 3),
-        "rss_gib_per_extra_image_bf16_cl": round(per_image, 3),
-        "rss_gib_fixed_bf16_cl": round(fixed, 3),
-        "max_batch_in_16gib_bf16_cl_estimate": int((HOST_BUDGET_GIB - fixed) // per_image) if per_image > 0 else None,
-        "peak_gpu_gib_fp32": fp32["peak_gpu_gib"], "peak_gpu_gib_bf16_cl": bf16["peak_gpu_gib"],
-        "losses_finite": fp32["final_losses_finite"] and bf16["final_losses_finite"],
+        "bench": "train", **machine_info(), "size": args.size, "batch": args.batch, "width": args.width,
+        "identity_vgg": os.path.basename(args.vgg_file) or "none (pixel L1)", "rounds": args.rounds,
+        "warmup": args.warmup, "ours": ours, "baseline": base,
+        "load_avg_1m_start": round(load_start, 2), "load_avg_1m_end": round(load_end, 2),
+        "step_s": {name: [round(x, 3) for x in t] for name, t in times.items()},
+        "images_per_s": {name: round(r, 4) for name, r in rate.items()},
+        "speedup_ours_over_fp32_nchw": round(rate[ours] / rate[base], 2),
     }
+    if "fp32_b1" in rate:
+        result["speedup_ours_over_published_fp32_b1"] = round(rate[ours] / rate["fp32_b1"], 2)
+    if args.compile:
+        result["compile_s_incl_warmup"] = round(compile_s, 1)
+        result["speedup_compiled_over_eager"] = round(rate[f"{ours}_compiled"] / rate[ours], 2)
+    result.update({
+        "model_gflop_per_image": round(flops_1 / 1e9, 2),
+        "conv_probe": f"3x3 128->128 on (4, 128, {args.conv_size}, {args.conv_size}), {args.precision} channels_last",
+        "conv_tflops_fwd": round(peak_fwd / 1e12, 4),
+        "conv_tflops_fwd_bwd": round(peak_train / 1e12, 4),
+        "model_tflops_ours": round(achieved / 1e12, 4),
+        "utilization_of_conv_fwd": round(achieved / peak_fwd, 3),
+        "utilization_of_conv_fwd_bwd": round(achieved / peak_train, 3),
+        **memory,
+    })
     print(json.dumps(result))
 
 

