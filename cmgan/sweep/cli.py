@@ -52,12 +52,12 @@ def _plan_table(runner: SweepRunner) -> Table:
 
 
 def is_demo_sweep(path: str | Path) -> bool:
-    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of this checkout)."""
-    from cmgan.demo import DEMO_SWEEP
+    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of the project)."""
+    from cmgan.demo import demo_sweep_file
 
     try:
-        return Path(path).resolve() == DEMO_SWEEP.resolve()
-    except OSError:
+        return Path(path).resolve() == demo_sweep_file().resolve()
+    except (OSError, ConfigError):  # no configs/ found: not the demo's
         return False
 
 
