@@ -19,9 +19,10 @@ from typing import Any
 from rich.console import Console
 
 from cmgan import files
-from cmgan.config import load_config
+from cmgan.config import ConfigError, load_config
 from cmgan.logs import setup_logging
 from cmgan.project import configs_dir
+from cmgan.sweep.spec import build_sweep
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,6 @@ def demo_sweep(
     under `root/weights` when `weights` is None), `seeds` replacing the file's (e.g. 3: seeds 0, 1, 2).
     `python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3` comes here; its runs need the demo's
     shards and segmenter (`python launch/sweep.py` builds them): ConfigError when they are missing."""
-    from cmgan.config import ConfigError
-    from cmgan.sweep.spec import build_sweep
-
     root = Path(root).absolute()
     if weights is None:
         weights = prepare_weights(root, console or Console(quiet=True))

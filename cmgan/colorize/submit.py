@@ -20,6 +20,7 @@ from cmgan import files
 from cmgan.colorize.inputs import Shard
 from cmgan.colorize.runner import SUMMARY_FORMAT, ColorizeOptions, run_colorize
 from cmgan.logs import setup_logging
+from cmgan.sweep.profile import make_executor, preempt_signal
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ def submit_colorize(opts: ColorizeOptions, profile: Any, jobs: int, wait: bool =
     wait=True: block until all tasks end, merge their shard summaries into `<out>/summary.json` and return it;
     wait=False: return None right after submission (job ids are logged and written to `<out>/submission.json`).
     """
-    from cmgan.sweep.profile import make_executor, preempt_signal
-
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be >= 1")
     out = Path(opts.out)
