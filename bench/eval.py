@@ -29,6 +29,7 @@ from PIL import Image
 
 from cmgan.eval import fid, inception
 from cmgan.eval.reference import FIDModel
+from cmgan.files import sha256_file
 
 
 def make_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -108,7 +109,7 @@ def main() -> None:
         write_pngs(fid.to_uint8(fake), tmp / "fake")
         write_pngs(real, tmp / "real")
 
-        weights_sha = inception.file_sha256(weights)
+        weights_sha = sha256_file(weights)
         theirs, theirs_s = run_pytorch_fid(tmp / "fake", tmp / "real", weights, tmp / "torch_home", args.batch)
         fp32 = run_ours(weights, fake, real, "fp32", args.batch)
         bf16 = run_ours(weights, fake, real, "bf16", args.batch)
