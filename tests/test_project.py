@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cmgan import project
+from cmgan.cluster import load_profile
 from cmgan.config import ConfigError
 from cmgan.demo import demo_config_file
-from cmgan.sweep.profile import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cmgan.cluster import ClusterProfile, default_profile_name, load_profile
 from cmgan.config import ConfigError
 from cmgan.demo import demo_sweep, demo_sweep_file
-from cmgan.sweep.profile import ClusterProfile, default_profile_name, load_profile
 from cmgan.sweep.report import write_report
 from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
 from cmgan.sweep.runner import SweepRunner

@@ -24,10 +24,10 @@ from typing import Any
 import submitit
 
 from cmgan import files
+from cmgan.cluster import ClusterProfile, make_executor, preempt_signal, profile_to_dict
 from cmgan.config import ConfigError
 from cmgan.sweep import scheduler
 from cmgan.sweep.job import RunJob
-from cmgan.sweep.profile import ClusterProfile, make_executor, preempt_signal, profile_to_dict
 from cmgan.sweep.results import collect_rows, summarize, write_results, write_summary
 from cmgan.sweep.spec import RunSpec, Sweep
 from cmgan.sweep.state import ACTIVE, RunState, StateStore, SweepLock

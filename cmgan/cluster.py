@@ -1,4 +1,4 @@
-"""Cluster profiles: where and with what resources a sweep's jobs run, as data (`slurm/profiles/<name>.toml`).
+"""Cluster profiles: where and with what resources jobs run (sweeps, colorization), as data (slurm/profiles/).
 
 A profile names the submitit backend (`cluster = "slurm"` for SLURM, `"local"` for subprocesses on this
 machine) and, for SLURM, the partition, account, QoS, nodes, tasks and GPUs per node, CPUs, memory, time
