@@ -33,6 +33,7 @@ from PIL import Image
 
 from cmgan.eval import fid, inception
 from cmgan.eval.reference import FIDModel
+from cmgan.files import sha256_file
 from cmgan.precision import cpu_has_fast_bf16
 
 
@@ -199,7 +200,7 @@ def main() -> None:
         write_pngs(fid.to_uint8(fake), tmp / "fake")
         write_pngs(real, tmp / "real")
 
-        weights_sha = inception.file_sha256(weights)
+        weights_sha = sha256_file(weights)
         home = tmp / "torch_home"
         images01 = torch.cat([fid.uint8_to_unit(fid.to_uint8(fake)), fid.uint8_to_unit(real)])
         network = network_rounds(weights, home, images01, args.rounds, args.batch, with_bf16)

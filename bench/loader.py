@@ -45,7 +45,7 @@ def make_shards(root: Path, size: int) -> Path:
 
 def export_png(shards: Path, out: Path) -> dict[str, list[Path]]:
     """The same slices as 8-bit PNG files (trainA: MR gray, trainB: color RGB), as CycleGAN data sets are laid out."""
-    from cmgan.data.pipeline import read_split
+    from cmgan.data.splits import read_split
 
     paths: dict[str, list[Path]] = {"mr": [], "color": []}
     for domain, key in (("mr", "mr.npy"), ("color", "rgb.npy")):

@@ -151,7 +151,7 @@ def palette_separation(demo_mr: Path | None, label_names: tuple[str, ...]) -> fl
 
 def segmenter(cfg, shards: Path) -> dict[str, Any]:
     """Pretrain S and measure its hard Dice per class on the (training) slices of `shards`."""
-    from cmgan.data.pipeline import read_split
+    from cmgan.data.splits import read_split
     from cmgan.train.seg_pretrain import dice_counts, load_segmenter, pretrain_segmenter
 
     t0 = time.time()

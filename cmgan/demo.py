@@ -19,14 +19,23 @@ from typing import Any
 from rich.console import Console
 
 from cmgan import files
-from cmgan.config import load_config
+from cmgan.config import ConfigError, load_config
 from cmgan.logs import setup_logging
+from cmgan.project import configs_dir
+from cmgan.sweep.spec import build_sweep
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs" / "demo.toml"
-DEMO_SWEEP = REPO / "configs" / "sweeps" / "demo-ablations.toml"
+
+
+def demo_config_file() -> Path:
+    """The demo's training config, `demo.toml` of the project's configs/ (`cmgan.project.configs_dir`)."""
+    return configs_dir() / "demo.toml"
+
+
+def demo_sweep_file() -> Path:
+    """The demo's ablation sweep, `sweeps/demo-ablations.toml` of the project's configs/."""
+    return configs_dir() / "sweeps" / "demo-ablations.toml"
 
 
 def prepare_weights(root: Path, console: Console) -> list[str]:
@@ -79,9 +88,6 @@ def demo_sweep(
     under `root/weights` when `weights` is None), `seeds` replacing the file's (e.g. 3: seeds 0, 1, 2).
     `python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3` comes here; its runs need the demo's
     shards and segmenter (`python launch/sweep.py` builds them): ConfigError when they are missing."""
-    from cmgan.config import ConfigError
-    from cmgan.sweep.spec import build_sweep
-
     root = Path(root).absolute()
     if weights is None:
         weights = prepare_weights(root, console or Console(quiet=True))
@@ -91,12 +97,13 @@ def demo_sweep(
     if missing:
         raise ConfigError(f"the demo sweep needs the demo's data and segmenter, missing: {missing}; "
                           "`python launch/sweep.py` (no arguments) builds them")
-    data = files.read_toml(DEMO_SWEEP, "demo sweep")
+    sweep_file = demo_sweep_file()
+    data = files.read_toml(sweep_file, "demo sweep")
     data["overrides"] = list(data.get("overrides", [])) + demo_paths(root, steps) + weights
     data["sweep_dir"] = str(sweep_dir or root / "sweeps" / "ablations")
     if runs:
         data["runs"] = [r for r in data["runs"] if r["name"] in runs]
-    return build_sweep(data, base_dir=DEMO_SWEEP.parent, default_name="demo-ablations", path=DEMO_SWEEP,
+    return build_sweep(data, base_dir=sweep_file.parent, default_name="demo-ablations", path=sweep_file,
                        seeds=seeds)
 
 
@@ -141,7 +148,7 @@ def run_demo(
     weights = prepare_weights(root, console)
 
     console.rule("[bold]3/5 segmentation U-Net S")
-    cfg = load_config(DEMO_CONFIG, paths + weights)
+    cfg = load_config(demo_config_file(), paths + weights)
     seg_export = Path(cfg.train.seg_checkpoint)
     if not seg_export.is_file():
         summary = pretrain_segmenter(cfg)

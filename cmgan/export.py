@@ -23,6 +23,7 @@ import torch
 
 from cmgan import files, precision
 from cmgan.config import ModelConfig, from_dict, to_dict
+from cmgan.models import build_generator, build_segmenter
 
 EXPORT_FORMAT = "cmgan-export-v1"
 EXPORT_NAME = "generator.pt"
@@ -127,8 +128,6 @@ def load_export(
     native bf16 (fp16 on older GPUs) and on CPUs with AMX or AVX512-BF16, else fp32; pass None to force fp32
     (exact, slower).
     """
-    from cmgan.models import build_generator, build_segmenter
-
     file = resolve_export_path(path)
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)

@@ -12,6 +12,7 @@ leave its temporary behind (`stale_temps` finds them).
         np.savez(tmp, ...)
     write_json(path, obj, indent=2)          # sorted keys, trailing newline
     sha256_file(path)                        # hex digest, streamed
+    sha256_files(paths, names_under=folder)  # of a set of files (a series, a Zarr group)
     read_toml(path, what="config file", error=ConfigError)
 """
 
@@ -23,7 +24,7 @@ import json
 import os
 import shutil
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,6 +130,18 @@ def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, streamed (hashlib.file_digest)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_files(paths: Iterable[str | Path], names_under: str | Path | None = None) -> str:
+    """Hex SHA-256 of a set of files (a DICOM series, a Zarr group, a folder of images): over each file's digest
+    in the given order, and, with `names_under`, each file's path relative to it before its digest (then renaming
+    a file changes the result too)."""
+    h = hashlib.sha256()
+    for path in paths:
+        if names_under is not None:
+            h.update(Path(path).relative_to(names_under).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(sha256_file(path)))
+    return h.hexdigest()
 
 
 def read_toml(path: str | Path, what: str = "file", error: type[Exception] = ValueError) -> dict[str, Any]:

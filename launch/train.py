@@ -56,8 +56,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cmgan.data.codec import DecodeError
     from cmgan.data.manifest import ManifestError
     from cmgan.data.normalize import NormalizationError
-    from cmgan.data.pipeline import DataError
     from cmgan.data.schema import SchemaError
+    from cmgan.data.splits import DataError
     from cmgan.train.seg_pretrain import SegExportError
 
     return (DataError, ManifestError, SchemaError, DecodeError, NormalizationError, SegExportError,

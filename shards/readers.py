@@ -15,7 +15,6 @@ Layout rules (documented in `python -m shards build --help`):
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from cmgan.data.volumes import (
     read_volume,
     to_canonical,
 )
-from cmgan.files import sha256_file
+from cmgan.files import sha256_file, sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +211,7 @@ def source_sha256(source: Source) -> str:
     if source.kind == "nifti":
         return sha256_file(source.path)
     files = source.files or tuple(sorted((p for p in source.path.iterdir() if p.is_file()), key=_natural))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(bytes.fromhex(sha256_file(f)))
-    return h.hexdigest()
+    return sha256_files(files)
 
 
 def read_mr(source: Source) -> Volume:

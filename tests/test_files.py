@@ -87,6 +87,22 @@ def test_sha256_file_equals_hashlib_over_the_bytes(tmp_path):
     assert files.sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
+def test_sha256_files_covers_every_content_and_with_names_every_rename(tmp_path):
+    paths = []
+    for i, data in enumerate((b"first", b"second" * 1000)):
+        paths.append(tmp_path / f"{i}.dcm")
+        paths[-1].write_bytes(data)
+    plain, named = files.sha256_files(paths), files.sha256_files(paths, names_under=tmp_path)
+    expected = hashlib.sha256(b"".join(hashlib.sha256(p.read_bytes()).digest() for p in paths)).hexdigest()
+    assert plain == expected and named != plain
+    paths[1].write_bytes(b"changed")
+    assert files.sha256_files(paths) != plain
+    paths[1].write_bytes(b"second" * 1000)
+    renamed = paths[1].rename(tmp_path / "9.dcm")
+    assert files.sha256_files([paths[0], renamed]) == plain  # contents alone: a rename is invisible
+    assert files.sha256_files([paths[0], renamed], names_under=tmp_path) != named
+
+
 def test_read_toml_names_the_file_and_the_problem(tmp_path):
     good = tmp_path / "a.toml"
     good.write_text('x = 1\n[s]\ny = "z"\n')

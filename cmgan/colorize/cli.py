@@ -102,10 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _submit(opts, args):  # noqa: ANN001, ANN202 - argparse namespace
+    from cmgan.cluster import load_profile
     from cmgan.colorize.inputs import discover
     from cmgan.colorize.submit import submit_colorize
     from cmgan.export import resolve_export_path
-    from cmgan.sweep.profile import load_profile
 
     resolve_export_path(opts.checkpoint)  # a wrong path fails here, not in every array task
     profile = load_profile(args.profile)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cmgan.data.volumes import NIFTI_SUFFIXES, is_dicom_file
 from cmgan.distenv import detect_env
-from cmgan.files import sha256_file
+from cmgan.files import sha256_file, sha256_files
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 KINDS = ("nifti", "dicom", "zarr")
@@ -263,11 +263,7 @@ def input_sha256(inp: Input) -> str:
         files = sorted(p for p in inp.path.iterdir() if p.is_file() and not p.name.startswith("."))
     else:
         files = sorted(p for p in inp.path.rglob("*") if p.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(inp.path).as_posix().encode() + b"\0")
-        h.update(bytes.fromhex(sha256_file(f)))
-    return h.hexdigest()
+    return sha256_files(files, names_under=inp.path)
 
 
 def peek_voxels(inp: Input) -> int | None:

@@ -54,6 +54,7 @@ from cmgan.colorize.writers import (
 from cmgan.data.normalize import Normalization, NormalizationError
 from cmgan.data.volumes import VolumeError
 from cmgan.distenv import cuda_unavailable_reason, rank_device, require_cuda_if_assigned
+from cmgan.export import load_export
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,6 @@ class _Run:
     """State of one run_colorize call (kept out of module globals so runs never share anything)."""
 
     def __init__(self, opts: ColorizeOptions, reporter: Reporter) -> None:
-        from cmgan.export import load_export
-
         self.opts = opts
         self.reporter = reporter
         self.out = Path(opts.out)

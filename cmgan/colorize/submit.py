@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cmgan import files
+from cmgan.cluster import make_executor, preempt_signal
 from cmgan.colorize.inputs import Shard
 from cmgan.colorize.runner import SUMMARY_FORMAT, ColorizeOptions, run_colorize
 from cmgan.logs import setup_logging
@@ -55,13 +56,11 @@ class ColorizeJob:
 
 
 def submit_colorize(opts: ColorizeOptions, profile: Any, jobs: int, wait: bool = True) -> dict[str, Any] | None:
-    """Submit `jobs` array tasks on `profile` (a `cmgan.sweep.profile.ClusterProfile`).
+    """Submit `jobs` array tasks on `profile` (a `cmgan.cluster.ClusterProfile`).
 
     wait=True: block until all tasks end, merge their shard summaries into `<out>/summary.json` and return it;
     wait=False: return None right after submission (job ids are logged and written to `<out>/submission.json`).
     """
-    from cmgan.sweep.profile import make_executor, preempt_signal
-
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be >= 1")
     out = Path(opts.out)

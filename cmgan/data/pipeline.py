@@ -1,10 +1,12 @@
-"""Streaming loaders over the shards: unpaired MR + color batches for training, labelled MR slices for the
-segmentation U-Net, and an ordered rank-split reader for evaluation.
+"""The training streams over the shards: unpaired MR + color batches for the CycleGAN, labelled MR batches for
+the segmentation U-Net. (The ordered reader of evaluation is `cmgan.data.splits.read_split`.)
 
-Training stream, per domain, inside each DataLoader worker (a chain of small stages):
+Training stream, per domain, inside each DataLoader worker (a chain of small stages; the stage's module in
+brackets):
 
-    slot shards -> open -> tar members (webdataset) -> samples -> shuffle buffer -> [skip: exact resume]
-      -> safe decode + schema check (bad samples skipped, counted, logged with their key) -> batch -> augment
+    slot shards [splits] -> open -> tar members (webdataset) -> samples -> shuffle buffer [shuffle]
+      -> [skip: exact resume] -> safe decode + schema check (bad samples skipped, counted, logged with their key)
+      -> batch -> augment [augment]
 
 Node and worker splitting: the split's shards are permuted once by the seed and dealt round-robin to the
 `world_size * num_workers` slots (slot = rank * num_workers + worker), so slots read disjoint shards whose union is
@@ -35,71 +37,33 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cmgan.config import AugmentConfig, DataConfig
 from cmgan.data import schema
+from cmgan.data.augment import augment_batch
 from cmgan.data.codec import DecodeError, decode_sample
-from cmgan.data.manifest import read_manifest
+from cmgan.data.shuffle import shuffle_buffer
+from cmgan.data.splits import (
+    DataError,
+    all_labelled,
+    assign_shards,
+    labelled_volumes,
+    sample_counts,
+    shards_with_labels,
+    split_shards,
+)
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("reseed", "exact")
-_SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.tar$")
-
-
-class DataError(ValueError):
-    """The shard directory cannot feed this loader (missing split, wrong domain, unsafe shard name...)."""
-
-
-# ---------------------------------------------------------------------------------------------- shards
-
-
-def split_shards(shard_dir: str | Path, split: str, domain: str | None = None) -> tuple[list[str], dict[str, Any]]:
-    """Absolute paths of the shards of `split` (manifest order) and the manifest; DataError if unusable."""
-    root = Path(shard_dir).resolve()
-    manifest = read_manifest(root)
-    if domain is not None and manifest["domain"] != domain:
-        raise DataError(f"{root}: holds the {manifest['domain']!r} domain, expected {domain!r}")
-    urls = []
-    for s in manifest["shards"]:
-        # Names come from a file: never let one become a "pipe:" URL or escape the directory.
-        if not _SHARD_NAME.match(s["name"]):
-            raise DataError(f"{root}/manifest.json: unsafe shard name {s['name']!r}")
-        if s["split"] == split:
-            urls.append(str(root / s["name"]))
-    if not urls:
-        raise DataError(f"{root}: no shards in split {split!r} (the manifest has {manifest['counts']})")
-    return urls, manifest
-
-
-def _sample_counts(urls: list[str], manifest: dict[str, Any]) -> tuple[int, ...]:
-    """The manifest's sample count of each shard of `urls` (0 where it does not say)."""
-    by_name = {s["name"]: int(s.get("samples", 0)) for s in manifest["shards"]}
-    return tuple(by_name.get(Path(url).name, 0) for url in urls)
-
-
-def assign_shards(urls: list[str], n_slots: int, seed: int) -> list[list[str]]:
-    """Deal shards to slots: a seeded permutation, then round-robin; disjoint, union = `urls`.
-
-    With fewer shards than slots, slot s reads shard s mod n (slots share shards; not disjoint).
-    """
-    order = [urls[i] for i in np.random.default_rng([seed, 7919]).permutation(len(urls))]
-    if len(order) >= n_slots:
-        return [order[s::n_slots] for s in range(n_slots)]
-    log.warning("%d shards for %d rank x worker slots: slots share shards; build with a smaller --max-count",
-                len(order), n_slots)
-    return [[order[s % len(order)]] for s in range(n_slots)]
 
 
 def _open_files(src: Iterator[dict[str, Any]], handler: _Skipper) -> Iterator[dict[str, Any]]:
@@ -182,16 +146,6 @@ def _raw_samples(urls: list[str], seed: tuple[int, ...], handler: _Skipper,
         epoch += 1
 
 
-def _shuffle(src: Iterator[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
-    """Shuffle buffer (webdataset's algorithm, with our seeded rng; bufsize <= 1: no shuffling)."""
-    if bufsize <= 1:
-        yield from src
-        return
-    from webdataset.filters import _shuffle as wds_shuffle
-
-    yield from wds_shuffle(src, bufsize=bufsize, initial=bufsize, rng=rng)
-
-
 # ---------------------------------------------------------------------------------------------- decode
 
 
@@ -208,9 +162,6 @@ def decode_checked(raw: dict[str, Any], domain: str, size: int, label: bool) -> 
     return sample
 
 
-# ---------------------------------------------------------------------------------------------- augment
-
-
 def _to_tensor(sample: dict[str, Any], domain: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if domain == "mr":
         image = torch.from_numpy(sample[schema.MR_KEY].astype(np.float32))[None]
@@ -219,66 +170,6 @@ def _to_tensor(sample: dict[str, Any], domain: str) -> tuple[torch.Tensor, torch
     mask = torch.from_numpy(sample[schema.MASK_KEY]).float()[None]
     label = torch.from_numpy(sample[schema.LABEL_KEY].astype(np.int64)) if schema.LABEL_KEY in sample else None
     return image, mask, label
-
-
-def augment_batch(
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    labels: torch.Tensor | None,
-    rngs: list[np.random.Generator],
-    cfg: AugmentConfig,
-    size: int,
-    intensity: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Flips + small affine (one draw per sample, the same warp for image, mask and label) and resize to `size`.
-
-    images (B, C, h, w) float32 in [-1, 1] (background -1); masks (B, 1, h, w) {0, 1}; labels (B, h, w) int64.
-    Image: bilinear; mask, label: nearest; outside the source: background. MR (`intensity`): gamma/contrast
-    jitter of the foreground. returns the same at (size, size).
-    """
-    b = images.shape[0]
-    theta = torch.zeros(b, 2, 3)
-    warp = images.shape[-1] != size or images.shape[-2] != size
-    for i, rng in enumerate(rngs):
-        fx = -1.0 if rng.random() < cfg.hflip else 1.0
-        fy = -1.0 if rng.random() < cfg.vflip else 1.0
-        a = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg)) if cfg.rotate_deg > 0 else 0.0
-        s = 1.0 + (rng.uniform(-cfg.scale, cfg.scale) if cfg.scale > 0 else 0.0)
-        tx, ty = (rng.uniform(-cfg.translate, cfg.translate, 2) * 2 if cfg.translate > 0 else (0.0, 0.0))
-        c, n = np.cos(a) / s, np.sin(a) / s
-        theta[i] = torch.tensor([[c * fx, -n * fy, tx], [n * fx, c * fy, ty]], dtype=torch.float32)
-        warp |= fx < 0 or fy < 0 or a != 0.0 or s != 1.0 or tx != 0.0 or ty != 0.0
-    if warp:
-        grid = _affine_grid(theta, size)
-        images = F.grid_sample(images + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
-        # Mask and label share one nearest-neighbour warp (they stay aligned to each other by construction).
-        stacked = masks if labels is None else torch.cat([masks, labels[:, None].float()], 1)
-        stacked = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        masks = stacked[:, :1]
-        if labels is not None:
-            labels = stacked[:, 1].round().long()
-    if intensity and cfg.intensity > 0:
-        j = cfg.intensity
-        params = torch.tensor([[np.exp(r.uniform(-j, j)), 1 + r.uniform(-j, j), r.uniform(-j, j) / 2] for r in rngs],
-                              dtype=torch.float32)
-        gamma, contrast, shift = (params[:, k].view(b, 1, 1, 1) for k in range(3))
-        x01 = ((images + 1) / 2).clamp(0, 1)
-        images = ((x01.pow(gamma) - 0.5) * contrast + 0.5 + shift).clamp(0, 1) * 2 - 1
-    images = images.masked_fill_(masks == 0, -1.0).clamp_(-1.0, 1.0)
-    return images.contiguous(), masks, labels
-
-
-def _affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
-    """F.affine_grid(theta, (B, C, size, size), align_corners=False), computed elementwise (5-10x faster on the CPU).
-
-    theta (B, 2, 3) maps output to input normalized coordinates; returns (B, size, size, 2) (x, y).
-    """
-    c = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1  # pixel centres in (-1, 1)
-    x, y = c.view(1, 1, size), c.view(1, size, 1)
-    t = theta.view(-1, 6, 1, 1)
-    gx = t[:, 0] * x + t[:, 1] * y + t[:, 2]
-    gy = t[:, 3] * x + t[:, 4] * y + t[:, 5]
-    return torch.stack([gx, gy], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------- dataset
@@ -341,13 +232,13 @@ class _BatchStream(IterableDataset):
             out["_worker"] = logical
             out["_pos"] = pos
             out["_skipped"] = {name: s.count for name, s in skippers.items()}
-            out["_skip_notes"] = [note for s in skippers.values() for note in s.drain()]
             yield out
 
     def _batches(self, d: _Domain, urls: list[str], seed: tuple[int, ...], skip: int, skipper: _Skipper
                  ) -> Iterator[tuple[dict[str, Any], int]]:
         samples = dict(zip(d.urls, d.samples))
-        raw = _shuffle(_raw_samples(urls, seed, skipper, samples), self.shuffle_buffer, random.Random(str(seed)))
+        raw = shuffle_buffer(_raw_samples(urls, seed, skipper, samples), self.shuffle_buffer,
+                             random.Random(str(seed)))
         position = 0
         for _ in range(skip):  # exact resume: replay raw samples (no decoding) to restore the shuffle buffer
             next(raw)
@@ -396,34 +287,6 @@ def check_labels(sample: dict[str, Any], classes: int, url: str = "?") -> None:
     if lo < 0 or hi >= classes:
         raise schema.SchemaError(f"sample {sample['__key__']!r} ({url}): label values {lo}..{hi} outside "
                                  f"[0, {classes}) (model.seg_classes={classes})")
-
-
-def _all_labelled(manifest: dict[str, Any], split: str) -> bool:
-    vols = [v for v in manifest.get("volumes", {}).values() if v.get("split") == split]
-    return bool(vols) and all(v.get("labelled") for v in vols)
-
-
-def labelled_volumes(manifest: dict[str, Any], split: str) -> tuple[int, int]:
-    """(labelled, unlabelled) volume counts of `split` in a shard manifest."""
-    vols = [v for v in manifest.get("volumes", {}).values() if v.get("split") == split]
-    labelled = sum(1 for v in vols if v.get("labelled"))
-    return labelled, len(vols) - labelled
-
-
-def _shards_with_labels(urls: list[str]) -> list[str]:
-    """The shards holding at least one label member (tar headers only; an unreadable shard is kept, so the
-    stream's skipper reports it)."""
-    import tarfile
-
-    keep = []
-    for url in urls:
-        try:
-            with tarfile.open(url, "r:") as tar:
-                if any(name.endswith("." + schema.LABEL_KEY) for name in tar.getnames()):
-                    keep.append(url)
-        except (tarfile.TarError, OSError, EOFError):
-            keep.append(url)
-    return keep
 
 
 class _Stream:
@@ -539,10 +402,10 @@ class UnpairedStream(_Stream):
         mr_urls, mr_manifest = split_shards(data_cfg.mr_shards, data_cfg.split, "mr")
         color_urls, color_manifest = split_shards(data_cfg.color_shards, data_cfg.split, "color")
         domains = [
-            _Domain("mr", "mr", tuple(mr_urls), mr_manifest["size"], _all_labelled(mr_manifest, data_cfg.split),
-                    samples=_sample_counts(mr_urls, mr_manifest)),
+            _Domain("mr", "mr", tuple(mr_urls), mr_manifest["size"], all_labelled(mr_manifest, data_cfg.split),
+                    samples=sample_counts(mr_urls, mr_manifest)),
             _Domain("color", "color", tuple(color_urls), color_manifest["size"], False,
-                    samples=_sample_counts(color_urls, color_manifest)),
+                    samples=sample_counts(color_urls, color_manifest)),
         ]
         self.normalization = mr_manifest.get("normalization")
         super().__init__(domains, data_cfg, image_size, rank, world_size, seed, start_state, data_cfg.batch_size,
@@ -567,7 +430,7 @@ class LabelledStream(_Stream):
         split = split or data_cfg.split
         urls, manifest = split_shards(data_cfg.mr_shards, split, "mr")
         labelled, self.skipped_volumes = labelled_volumes(manifest, split)
-        urls = _shards_with_labels(urls) if self.skipped_volumes else urls
+        urls = shards_with_labels(urls) if self.skipped_volumes else urls
         if not labelled or not urls:
             raise DataError(f"{data_cfg.mr_shards}: no labelled volume in split {split!r} "
                             f"({self.skipped_volumes} unlabelled); segmentation pretraining needs shards built "
@@ -577,122 +440,10 @@ class LabelledStream(_Stream):
             raise DataError(f"{data_cfg.mr_shards}: label values {values} need more than model.seg_classes="
                             f"{num_classes} classes; set model.seg_classes={max(values) + 1}")
         domains = [_Domain("mr", "mr", tuple(urls), manifest["size"], True, num_classes,
-                           _sample_counts(urls, manifest))]
+                           sample_counts(urls, manifest))]
         super().__init__(domains, data_cfg, image_size, rank, world_size, seed, start_state,
                          batch_size or data_cfg.batch_size, data_cfg.resume)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return ({"image": b["mr"], "label": b["mr_label"], "mask": b["mr_mask"], "keys": b["mr_keys"]}
                 for b in self._iterate())
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-
-
-def split_range(n: int, rank: int, world_size: int, align: int = 1) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous block of n items; blocks are disjoint and cover 0..n-1.
-
-    align > 1 cuts blocks only at multiples of `align` (the last block takes the remainder). The evaluator aligns
-    to its batch size: convolution results depend slightly on which images share a batch (measured on the demo
-    generator: up to 1e-4 in fp32, 6e-3 in bf16), so with aligned blocks slice i lands in the same batch
-    [i // B * B, ...) for any number of ranks and every output is computed identically.
-    """
-    if not 0 <= rank < world_size:
-        raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
-    if align < 1:
-        raise DataError(f"align={align} must be >= 1")
-    units = -(-n // align)
-    first, last = units * rank // world_size, units * (rank + 1) // world_size
-    return min(first * align, n), min(last * align, n)
-
-
-def split_size(shard_dir: str | Path, split: str, rank: int = 0, world_size: int = 1) -> int:
-    """How many samples `read_split` gives this rank (from the manifest; all ranks can agree on batch counts)."""
-    manifest = read_manifest(shard_dir)
-    n = sum(s["samples"] for s in manifest["shards"] if s["split"] == split)
-    start, stop = split_range(n, rank, world_size)
-    return stop - start
-
-
-def read_split(shard_dir: str | Path, split: str, rank: int = 0, world_size: int = 1,
-               keys: tuple[str, ...] | None = None, *, align: int = 1, limit: int = 0,
-               strict: bool = False) -> Iterator[dict[str, Any]]:
-    """Ordered, deterministic samples of one split (no shuffle, no resampling, no augmentation).
-
-    The split's samples in manifest order (the first `limit` only, when limit > 0) are cut into `world_size`
-    contiguous blocks, at multiples of `align` (see `split_range`); this rank reads block `rank` (ranks are
-    disjoint and together cover every sample exactly once). Whole shards before the block are skipped without
-    reading. keys: members to decode (default: all known members present), e.g. ("mr.npy", "truth.npy",
-    "meta.json"). Yields {"__key__": str, member: np.ndarray | dict}; arrays as stored (schema dtypes). Corrupt
-    samples and unreadable shards are logged and skipped, or with strict=True raise DataError naming the shard
-    (and the sample) (evaluation must not quietly measure a subset).
-    """
-    import tarfile
-
-    urls, manifest = split_shards(shard_dir, split)
-    counts = [s["samples"] for s in manifest["shards"] if s["split"] == split]
-    n = min(limit, sum(counts)) if limit else sum(counts)
-    start, stop = split_range(n, rank, world_size, align)
-    offset = 0
-    for url, count in zip(urls, counts):
-        if offset + count <= start or offset >= stop:
-            offset += count
-            continue
-        seen, complete = 0, True
-        try:
-            with tarfile.open(url, "r:") as tar:
-                for index, (key, members) in enumerate(_tar_samples(tar)):
-                    seen = index + 1
-                    if offset + index < start:
-                        continue
-                    if offset + index >= stop:
-                        break
-                    try:
-                        sample = decode_sample({"__key__": key, **members}, keep=keys)
-                        for name, value in sample.items():
-                            if name in schema.MEMBERS:
-                                schema.check_member(key, name, value, manifest["size"])
-                    except (DecodeError, schema.SchemaError) as e:
-                        if strict:  # an evaluation must not measure a subset without saying so
-                            raise DataError(f"{url}: {e}; check it with `python -m shards verify`") from None
-                        log.warning("%s: skipped: %s", url, e)
-                        continue
-                    yield sample
-                else:  # read to the end: did the archive end, or was it cut?
-                    complete = seen == count and _has_end_marker(tar, url)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            if strict:
-                raise DataError(f"{url}: unreadable shard ({type(e).__name__}: {e}); "
-                                "check it with `python -m shards verify`") from None
-            log.warning("%s: unreadable shard, rest of it skipped (%s)", url, e)
-        if not complete:
-            problem = f"truncated shard: it ends after {seen} of its {count} samples, without tar's end marker"
-            if strict:
-                raise DataError(f"{url}: {problem}; check it with `python -m shards verify`")
-            log.warning("%s: %s", url, problem)
-        offset += count
-
-
-def _has_end_marker(tar: Any, url: str) -> bool:
-    """Whether the archive holds tar's end-of-archive marker (two zero blocks) after its last member. tarfile
-    stops silently at a header cut short, so without this a shard cut between members reads as a shorter one."""
-    with open(url, "rb") as f:
-        f.seek(tar.offset)
-        return f.read(1024) == bytes(1024)
-
-
-def _tar_samples(tar: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {member: bytes}) of consecutive members sharing a key."""
-    key, members = None, {}
-    for info in tar:
-        if not info.isreg():
-            continue
-        k, _, name = info.name.partition(".")
-        if k != key and key is not None:
-            yield key, members
-            members = {}
-        key = k
-        f = tar.extractfile(info)
-        members[name] = f.read() if f is not None else b""
-    if key is not None:
-        yield key, members

@@ -1,8 +1,8 @@
 """The sample schema: keys, dtypes and value ranges of one 2D slice in a WebDataset shard.
 
-Defined once here and imported by the writer (`shards/`) and the reader (`cmgan.data.pipeline`), so the two
-cannot drift. Every member is stored as a `.npy` (decoded with `allow_pickle=False`) or `.json`; nothing in a
-shard is ever unpickled.
+Defined once here and imported by the writer (`shards/`) and the readers (`cmgan.data.pipeline`,
+`cmgan.data.splits`), so the two sides cannot drift. Every member is stored as a `.npy` (decoded with
+`allow_pickle=False`) or `.json`; nothing in a shard is ever unpickled.
 
     __key__      "<volume>_<slice:04d>"  (volume = the subject's salted pseudonym, + "v<n>" when a subject has
                  several volumes; never a patient identifier)

@@ -108,8 +108,6 @@ class FIDInception(nn.Module):
         return x.flatten(1).float()
 
 
-file_sha256 = sha256_file  # the name bench/eval.py imports; cmgan.files holds the helper
-
 def load_backbone(path: str | Path) -> nn.Module:
     """The FID Inception3 with the weights of `path` (a state dict in pytorch-fid's format); WeightsError if not."""
     path = Path(path)

@@ -1,6 +1,6 @@
 """The evaluator's input: a split's slices, read in manifest order, cut into batch-aligned rank shares.
 
-`read_samples` is `cmgan.data.pipeline.read_split` with each rank's contiguous share of the split starting on a
+`read_samples` is `cmgan.data.splits.read_split` with each rank's contiguous share of the split starting on a
 multiple of the batch size (`batch_range`), so every slice is colorized in the same batch for any number of
 ranks, and with unreadable shards as errors. `mr_batches` / `rgb_batches` turn decoded samples into tensors.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cmgan.data import schema
-from cmgan.data.pipeline import read_split, split_range
+from cmgan.data.splits import read_split, split_range
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ MR_MEMBERS = (schema.MR_KEY, schema.MASK_KEY, schema.LABEL_KEY, schema.TRUTH_KEY
 
 def batch_range(n: int, rank: int, world_size: int, batch_size: int) -> tuple[int, int]:
     """[start, stop) of rank's contiguous share of n items, cut at multiples of batch_size (see
-    `cmgan.data.pipeline.split_range`: then every slice is colorized in the same batch for any number of ranks)."""
+    `cmgan.data.splits.split_range`: then every slice is colorized in the same batch for any number of ranks)."""
     return split_range(n, rank, world_size, align=batch_size)
 
 
@@ -37,7 +37,7 @@ def read_samples(
 ) -> Iterator[dict[str, Any]]:
     """This rank's decoded samples of a split (the first `limit` only, when limit > 0), in manifest order, cut
     at batch boundaries; an unreadable shard is a ValueError naming it (a silently shorter test set would change
-    the metrics). A thin call of `cmgan.data.pipeline.read_split`."""
+    the metrics). A thin call of `cmgan.data.splits.read_split`."""
     return read_split(shard_dir, split, rank, world_size, keys=members, align=batch_size, limit=limit, strict=True)
 
 

@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cmgan.cluster import ClusterProfile, default_profile_name, load_profile
 from cmgan.config import ConfigError
-from cmgan.sweep.profile import ClusterProfile, default_profile_name, load_profile
+from cmgan.demo import demo_sweep, demo_sweep_file
+from cmgan.sweep.report import write_report
 from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
 from cmgan.sweep.runner import SweepRunner
 from cmgan.sweep.spec import Sweep, load_sweep
@@ -52,12 +54,10 @@ def _plan_table(runner: SweepRunner) -> Table:
 
 
 def is_demo_sweep(path: str | Path) -> bool:
-    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of this checkout)."""
-    from cmgan.demo import DEMO_SWEEP
-
+    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of the project)."""
     try:
-        return Path(path).resolve() == DEMO_SWEEP.resolve()
-    except OSError:
+        return Path(path).resolve() == demo_sweep_file().resolve()
+    except (OSError, ConfigError):  # no configs/ found: not the demo's
         return False
 
 
@@ -65,8 +65,6 @@ def open_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, seed
     """Load a sweep file; the demo's sweep file is resolved as the demo runs it (data, segmenter, weights and
     runs under ./demo, see `cmgan.demo.demo_sweep`), so its seeded rerun reuses the demo's finished seed."""
     if is_demo_sweep(sweep_file):
-        from cmgan.demo import demo_sweep
-
         return demo_sweep("demo", seeds=seeds, sweep_dir=sweep_dir)
     return load_sweep(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
 
@@ -85,8 +83,6 @@ def _print_results(console: Console, sweep: Sweep, states: list[RunState], title
 
 def report_command(sweep: Sweep, states: list[RunState], console: Console) -> None:
     """Write the sweep's report.md and figures; a failure is one line, never a lost sweep."""
-    from cmgan.sweep.report import write_report
-
     try:
         console.print(f"report: {write_report(sweep, states)}")
     except Exception as e:  # noqa: BLE001 - the sweep's own results are already written

@@ -30,11 +30,11 @@ from typing import Any
 import submitit
 from submitit.core.utils import DelayedSubmission
 
+from cmgan import files
 from cmgan.config import RunConfig
 from cmgan.distenv import master_port
 from cmgan.logs import setup_logging
 from cmgan.sweep.evaluate import evaluate_run
-from cmgan.sweep.state import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class RunJob:
         elif env.global_rank == 0:
             metrics = {"available": False, "reason": "evaluation switched off"}
         if env.global_rank == 0:
-            write_json_atomic(run_dir / "metrics.json", metrics)
+            files.write_json(run_dir / "metrics.json", metrics, indent=2, default=str)
         return {"status": "done", "train": result, "metrics": metrics if env.global_rank == 0 else None,
                 "restarts": restarts}
 

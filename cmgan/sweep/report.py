@@ -18,16 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cmgan import files
 from cmgan.sweep.results import LABELS, collect_rows, diff_cell, mean_std_cell, summarize
 from cmgan.sweep.spec import Sweep
-from cmgan.sweep.state import RunState, write_json_atomic
+from cmgan.sweep.state import RunState
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,8 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with files.atomic_path(path, suffix=".png") as tmp:  # the suffix tells savefig the format
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -270,7 +269,7 @@ def write_report(sweep: Sweep, states: list[RunState], out_dir: str | Path | Non
         return samples_figure(sample_slices(cfg.data.mr_shards, cfg.eval.split), chosen)
 
     samples_md = _figure("samples", out, build_samples, figures)
-    write_json_atomic(out / "figures.json", figures)
+    files.write_json(out / "figures.json", figures, indent=2, default=str)
 
     status = {}
     for s in states:
@@ -288,8 +287,4 @@ def write_report(sweep: Sweep, states: list[RunState], out_dir: str | Path | Non
         "## Samples (the same test slices for every configuration; its lowest finished seed)", samples_md,
         "Per-run numbers: `results.csv`; per-configuration: `summary.csv`; figure data: `figures.json`.",
     ]) + "\n"
-    path = out / "report.md"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return files.write_text(out / "report.md", text)

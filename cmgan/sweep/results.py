@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 from scipy import stats
 
-from cmgan.sweep.state import RunState, write_json_atomic
+from cmgan import files
+from cmgan.sweep.state import RunState
 
 BASE_COLUMNS = ("run", "config", "seed", "status", "job_id", "attempts", "slurm_state", "steps", "restarts")
 STATUS_STYLE = {"done": "green", "failed": "red", "running": "cyan", "submitted": "yellow", "pending": "dim"}
@@ -106,10 +106,8 @@ def write_results(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> tuple[Pa
     """Write `results.csv` and `results.json` atomically; returns their paths."""
     sweep_dir = Path(sweep_dir)
     csv_path, json_path = sweep_dir / "results.csv", sweep_dir / "results.json"
-    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(to_csv(rows))
-    os.replace(tmp, csv_path)
-    write_json_atomic(json_path, rows)
+    files.write_text(csv_path, to_csv(rows))
+    files.write_json(json_path, rows, indent=2, default=str)
     return csv_path, json_path
 
 
@@ -294,10 +292,8 @@ def write_summary(sweep_dir: str | Path, summary: dict[str, Any]) -> tuple[Path,
     writer.writeheader()
     for r in records:
         writer.writerow({k: "" if v is None else v for k, v in r.items()})
-    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, csv_path)
-    write_json_atomic(json_path, summary)
+    files.write_text(csv_path, buf.getvalue())
+    files.write_json(json_path, summary, indent=2, default=str)
     return csv_path, json_path
 
 

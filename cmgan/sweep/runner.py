@@ -23,13 +23,14 @@ from typing import Any
 
 import submitit
 
+from cmgan import files
+from cmgan.cluster import ClusterProfile, make_executor, preempt_signal, profile_to_dict
 from cmgan.config import ConfigError
 from cmgan.sweep import scheduler
 from cmgan.sweep.job import RunJob
-from cmgan.sweep.profile import ClusterProfile, make_executor, preempt_signal, profile_to_dict
 from cmgan.sweep.results import collect_rows, summarize, write_results, write_summary
 from cmgan.sweep.spec import RunSpec, Sweep
-from cmgan.sweep.state import ACTIVE, RunState, StateStore, SweepLock, write_json_atomic
+from cmgan.sweep.state import ACTIVE, RunState, StateStore, SweepLock
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ class SweepRunner:
     # ------------------------------------------------------------------ driving
 
     def _write_manifest(self) -> None:
-        write_json_atomic(
+        files.write_json(
             self.sweep.sweep_dir / "sweep.json",
             {
                 "name": self.sweep.name,
@@ -294,6 +295,7 @@ class SweepRunner:
                 "runs": {r.name: {"overrides": list(r.overrides), "resources": r.resources, "config": r.config,
                                   "seed": r.seed} for r in self.sweep.runs},
             },
+            indent=2, default=str,
         )
 
     def run(self, wait: bool = True, timeout_s: float | None = None) -> list[RunState]:

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmgan import files
 from cmgan.config import ConfigError, RunConfig, load_config
 
 DEFAULT_ENTRY = "cmgan.train.trainer:train"
@@ -176,12 +176,7 @@ def load_sweep(
     it, errors of one run's config are kept in that run (`RunSpec.error`). `seeds` (see `parse_seeds`)
     replaces the file's `seeds`."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from None
+    data = files.read_toml(path, what="sweep file", error=ConfigError)
     try:
         return build_sweep(data, base_dir=path.parent, default_name=path.stem, path=path, sweep_dir=sweep_dir,
                            seeds=seeds)

@@ -90,11 +90,6 @@ class RunState:
         self.finished_at = None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """The sweep's JSON files (indent 2; values JSON cannot hold written as strings), atomic (cmgan.files)."""
-    files.write_json(path, data, indent=2, default=str)
-
-
 class StateStore:
     """The state directory of one sweep."""
 
@@ -120,7 +115,7 @@ class StateStore:
 
     def save(self, state: RunState) -> None:
         state.updated_at = time.time()
-        write_json_atomic(self.path(state.name), state.to_dict())
+        files.write_json(self.path(state.name), state.to_dict(), indent=2, default=str)
 
 
 class SweepLock:

@@ -10,14 +10,15 @@ checked against the GPUs before NCCL starts. On a machine without CUDA the proce
 (`accelerate launch --cpu --num_processes 2` silently starts one process: that is caught here).
 
 Backends (`train.backend`):
-- ddp: Accelerate prepares G, F, Dx, Dy separately (DDP each). Optimizers, schedulers and loss scalers stay
-  plain torch objects: Accelerate's scheduler wrapper steps once per process and it keeps a single scaler,
-  while a GAN needs two. Accumulation uses `no_sync` on the non-final micro-batches.
-- deepspeed: plain `deepspeed.initialize` twice, one engine for the generators (G, F) and one for the
-  discriminators (Dx, Dy), each with its own Adam and LambdaLR; each engine's own `backward`/`step`, ZeRO stage
-  0-2; save/load are collective, each engine in its own folder. (Accelerate's multi-model DeepSpeed is
-  experimental and imports transformers.) The discriminators must be frozen during the generator step
-  (`Backend.frozen`): otherwise ZeRO-2 crashes and ZeRO-0/1 silently leak generator-loss gradients into D.
+- ddp (`Backend`): Accelerate prepares G, F, Dx, Dy separately (DDP each). Optimizers, schedulers and loss
+  scalers stay plain torch objects: Accelerate's scheduler wrapper steps once per process and it keeps a single
+  scaler, while a GAN needs two. Accumulation uses `no_sync` on the non-final micro-batches.
+- deepspeed (`cmgan.train.deepspeed_backend`): plain `deepspeed.initialize` twice, one engine for the generators
+  (G, F) and one for the discriminators (Dx, Dy), each with its own Adam and LambdaLR; each engine's own
+  `backward`/`step`, ZeRO stage 0-2; save/load are collective, each engine in its own folder. (Accelerate's
+  multi-model DeepSpeed is experimental and imports transformers.) The discriminators must be frozen during the
+  generator step (`Backend.frozen`): otherwise ZeRO-2 crashes and ZeRO-0/1 silently leak generator-loss
+  gradients into D.
 The frozen segmenter S is never wrapped (DDP refuses modules without trainable parameters); `place` moves it.
 
 Precision (`train.precision`): fp32; bf16 autocast (CPU, and GPUs with compute capability >= 8.0; older GPUs
@@ -37,7 +38,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -53,34 +53,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- trainables
-
-
-class ModuleGroup(nn.Module):
-    """Networks that share one optimizer (G+F or Dx+Dy); `forward(name, *args)` calls the named one.
-
-    A DeepSpeed engine wraps exactly one module, so the pair is one module whose forward dispatches.
-    `compiled` holds optional torch.compile'd callables without registering them (state-dict keys stay clean).
-    """
-
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
-        super().__init__()
-        for name, module in modules.items():
-            self.add_module(name, module)
-        self.compiled: dict[str, Any] = {}
-
-    def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        fn = self.compiled.get(name) or getattr(self, name)
-        return fn(*args, **kwargs)
-
-
-class EngineCall:
-    """`engine(name, ...)` as a callable for one network; `.module` is the network (as DDP's attribute is)."""
-
-    def __init__(self, engine: Any, name: str, module: nn.Module) -> None:
-        self.engine, self.name, self.module = engine, name, module
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.engine(self.name, *args, **kwargs)
 
 
 @dataclass
@@ -346,134 +318,12 @@ class Backend:
             os.environ.pop(key, None)
 
 
-class DeepSpeedBackend(Backend):
-    """Two DeepSpeed engines (generators, discriminators); ZeRO stage `train.zero_stage`."""
-
-    name = "deepspeed"
-
-    def __init__(self, train: TrainConfig, batch_size: int, env: DistEnv) -> None:
-        if train.precision == "fp16":
-            raise DistributedError("train.precision=fp16 is not supported with train.backend=deepspeed; use bf16")
-        super().__init__(train, batch_size, env)
-        import deepspeed
-
-        self.deepspeed = deepspeed
-        # DeepSpeed reuses the process group Accelerate created (gloo or NCCL); with one process Accelerate made
-        # none, and DeepSpeed starts a one-rank group from the variables export_env published.
-        backend = dist.get_backend() if dist.is_initialized() else "nccl" if self.device.type == "cuda" else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        dtype = super()._amp_dtype()
-        if dtype == torch.float16:  # only reached by bf16 on a GPU without native bf16 (fp16 is refused above)
-            log.warning("train.backend=deepspeed runs fp32 on %s: fp16 autocast would need a loss scaler per ZeRO "
-                        "stage; use train.backend=ddp for fp16", self.device)
-            return None
-        return dtype
-
-    def place(self, module: nn.Module) -> nn.Module:
-        # Weights stay contiguous: DeepSpeed broadcasts and flattens parameters as raw bytes, which a
-        # channels_last weight cannot be viewed as. Inputs are still channels_last (to_device), and the CPU and
-        # cuDNN convolutions then run in channels_last, reordering the small weights on the fly.
-        return module.to(self.device)
-
-    def ds_config(self) -> dict:
-        return {
-            "train_micro_batch_size_per_gpu": self.batch_size,
-            "gradient_accumulation_steps": self.train.grad_accum,
-            "train_batch_size": self.global_batch,
-            "zero_optimization": {"stage": self.train.zero_stage},
-            # The client Adam is torch's; ZeRO wraps it (partitioned states) without DeepSpeed's fused kernels.
-            "zero_allow_untested_optimizer": True,
-            # fp32 weights, gradients and optimizer states, as with ddp; bf16 only as autocast around forwards.
-            "bf16": {"enabled": False},
-            "fp16": {"enabled": False},
-            # The engine switches an outer autocast off inside its forward unless asked here; no module is listed
-            # as lower-precision safe, so gradients are still reduced in float32 (same numerics as ddp).
-            "torch_autocast": {
-                "enabled": self.amp_dtype is not None,
-                "dtype": "bfloat16" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
-                "lower_precision_safe_modules": [],
-            },
-            "steps_per_print": 1 << 30,
-            "wall_clock_breakdown": False,
-        }
-
-    def prepare(
-        self, name: str, modules: dict[str, nn.Module], lr: float, optim: OptimConfig, total_steps: int
-    ) -> Trainable:
-        group = ModuleGroup(modules)
-        optimizer = torch.optim.Adam(group.parameters(), lr=lr, betas=optim.betas, weight_decay=optim.weight_decay)
-        engine, ds_optimizer, _, scheduler = self.deepspeed.initialize(
-            # The engine otherwise takes cuda:LOCAL_RANK, which does not exist with one GPU per task.
-            args=SimpleNamespace(device_rank=self.device.index) if self.device.type == "cuda" else None,
-            model=group,
-            optimizer=optimizer,
-            # A callable: the schedule is built on the optimizer DeepSpeed actually steps (ZeRO's wrapper).
-            lr_scheduler=lambda opt: build_scheduler(opt, optim, total_steps),
-            config=self.ds_config(),
-        )
-        if self.train.compile:
-            group.compiled = {k: torch.compile(m) for k, m in modules.items()}
-        nets = {k: EngineCall(engine, k, m) for k, m in modules.items()}
-        return Trainable(name, nets, dict(modules), ds_optimizer, scheduler, None, engine)
-
-    def accumulate(self, trainables: list[Trainable], boundary: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # the engines know the accumulation window from their config
-
-    def backward(self, t: Trainable, loss: torch.Tensor) -> None:
-        t.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps itself
-
-    def step(self, t: Trainable, boundary: bool) -> None:
-        t.engine.step()  # every micro-batch: the engine updates (and steps the schedule) at the boundary
-
-    def skip(self, t: Trainable) -> None:
-        raise DistributedError("train.nonfinite=skip is not supported with train.backend=deepspeed")
-
-    def state_dict(self, t: Trainable) -> dict:
-        return {"engine": f"ds_{t.name}"}  # the weights and optimizer shards are in the engine's folder
-
-    def load_state_dict(self, t: Trainable, state: dict, checkpoint: Path) -> None:
-        if "engine" not in state:
-            raise DistributedError(f"{checkpoint} was written by train.backend=ddp; resume it with that backend")
-        folder = checkpoint / state["engine"]
-        # DeepSpeed's own loader unpickles with weights_only=False; route it through weights_only=True with the
-        # four plain-data DeepSpeed classes its ZeRO optimizer files contain allow-listed.
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-
-        safe = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-        def weights_only_load(path: str, map_location: Any = None) -> Any:
-            with torch.serialization.safe_globals(safe):
-                return torch.load(path, map_location=map_location, weights_only=True)
-
-        ckpt_engine = t.engine.checkpoint_engine
-        ckpt_engine.load = weights_only_load
-        try:
-            path, _ = t.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True)
-        finally:
-            del ckpt_engine.load  # back to the class's method
-        if path is None:
-            raise DistributedError(f"DeepSpeed could not load its checkpoint from {folder}")
-
-    def close(self) -> None:
-        # Through DeepSpeed, which also drops its cached groups (a clone of the world group): a next run in this
-        # process would otherwise hand the new engines a group of the destroyed one.
-        if self.deepspeed.comm.is_initialized():
-            self.deepspeed.comm.destroy_process_group()
-        super().close()
-
-    def collective_writers(self, trainables: list[Trainable]) -> tuple:
-        def writer(t: Trainable):
-            return lambda tmp: t.engine.save_checkpoint(str(tmp / f"ds_{t.name}"), tag="engine", save_latest=False)
-
-        return tuple(writer(t) for t in trainables)
-
-
 def setup(train: TrainConfig, batch_size: int) -> Backend:
     """Start (or join) the process group for this run and return its backend."""
     env = distenv.detect_env()
-    cls = DeepSpeedBackend if train.backend == "deepspeed" else Backend
-    return cls(train, batch_size, env)
+    if train.backend == "deepspeed":
+        # Imported here: the DeepSpeed backend subclasses Backend (a top-level import would be circular).
+        from cmgan.train.deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(train, batch_size, env)
+    return Backend(train, batch_size, env)

@@ -20,15 +20,11 @@ import numpy as np
 import torch
 
 from cmgan import files
-from cmgan.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 # Terms shown in the progress line (all terms go to the files).
 _SHOWN = ("cycle_x", "cycle_y", "adv_g", "dx_real", "dy_real", "ce", "dice_loss")
-
-
-configure_logging = setup_logging  # the name cmgan/train/rundir.py imports; cmgan.logs holds the function
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

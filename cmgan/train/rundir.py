@@ -24,7 +24,11 @@ import torch
 
 from cmgan import checkpoint
 from cmgan.config import dumps_toml, save_config
+from cmgan.distenv import require_cuda_if_assigned
+from cmgan.logs import setup_logging
+from cmgan.train import distributed
 from cmgan.train.distributed import Backend
+from cmgan.train.state import set_deterministic
 from cmgan.train.stop import StopFlag
 
 log = logging.getLogger(__name__)
@@ -120,16 +124,11 @@ def run_in_job(train: Any, batch_size: int, body: Any) -> dict[str, Any]:
     """The frame every training entry point runs in: logging, determinism, the distributed backend, the stop
     flag; `body(backend, stop)` returns the summary dict. The backend is closed whatever happens; a run that
     stopped on a signal hands the signal on afterwards (e.g. to submitit's USR2 handler: requeue and exit)."""
-    from cmgan.distenv import require_cuda_if_assigned
-    from cmgan.train import distributed
-    from cmgan.train.monitor import configure_logging
-    from cmgan.train.state import set_deterministic
-
-    configure_logging()
+    setup_logging()
     require_cuda_if_assigned()  # first: a job given GPUs it cannot use stops before any slow start-up work
     set_deterministic(train.deterministic)
     backend = distributed.setup(train, batch_size)
-    configure_logging(backend.rank)
+    setup_logging(backend.rank)
     if backend.is_main:
         log.info("%s", backend.describe())
     stop = StopFlag()

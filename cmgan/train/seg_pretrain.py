@@ -149,7 +149,7 @@ def validate(S: SegUNet, cfg: RunConfig, backend: distributed.Backend, max_batch
     """Hard Dice per class on the labelled slices of the val split (every rank a disjoint block; counts summed in
     float64). Slices of unlabelled volumes are skipped; with no labelled val volume the result is {}."""
     from cmgan.data.manifest import read_manifest
-    from cmgan.data.pipeline import labelled_volumes, read_split
+    from cmgan.data.splits import labelled_volumes, read_split
 
     if labelled_volumes(read_manifest(cfg.data.mr_shards), "val")[0] == 0:
         return {}  # every rank reads the same manifest: all return here, none waits in the all-reduce
@@ -328,7 +328,7 @@ class SegStage:
 def _unlabelled_volumes(shard_dir: str) -> dict[str, int]:
     """Unlabelled volumes S leaves out, per split it reads (train, val)."""
     from cmgan.data.manifest import read_manifest
-    from cmgan.data.pipeline import labelled_volumes
+    from cmgan.data.splits import labelled_volumes
 
     manifest = read_manifest(shard_dir)
     return {split: labelled_volumes(manifest, split)[1] for split in ("train", "val")}

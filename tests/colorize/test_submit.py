@@ -27,7 +27,7 @@ def test_requeued_array_task_resumes_as_the_same_shard_and_skips_finished_volume
 @pytest.mark.slow
 def test_profile_submits_a_job_array_whose_tasks_colorize_the_archive_once(tmp_path, brain, export_path,
                                                                          monkeypatch):
-    from cmgan.sweep.profile import load_profile, slurm_available
+    from cmgan.cluster import load_profile, slurm_available
 
     if not slurm_available():
         pytest.skip("SLURM does not answer (start it with slurm/local/start.sh; .ci/run does)")

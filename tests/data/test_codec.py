@@ -14,7 +14,8 @@ import pytest
 
 from cmgan.config import AugmentConfig, DataConfig
 from cmgan.data.codec import DecodeError, decode_npy, decode_sample
-from cmgan.data.pipeline import UnpairedStream, read_split
+from cmgan.data.pipeline import UnpairedStream
+from cmgan.data.splits import read_split
 from shards.verify import verify
 
 

@@ -14,15 +14,8 @@ import pytest
 import torch
 
 from cmgan.config import AugmentConfig, DataConfig
-from cmgan.data.pipeline import (
-    DataError,
-    LabelledStream,
-    UnpairedStream,
-    assign_shards,
-    read_split,
-    split_shards,
-    split_size,
-)
+from cmgan.data.pipeline import LabelledStream, UnpairedStream
+from cmgan.data.splits import DataError, assign_shards, read_split, split_shards, split_size
 
 NO_AUGMENT = AugmentConfig(hflip=0, vflip=0, rotate_deg=0, scale=0, translate=0, intensity=0)
 
@@ -229,7 +222,7 @@ def test_a_label_beyond_the_classes_is_caught_on_the_cpu_naming_its_sample(
     tmp_path: Path, demo_shards: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On a GPU a label >= classes is an opaque device-side assert inside the loss; the loader names it."""
-    from cmgan.data.pipeline import DataError
+    from cmgan.data.splits import DataError
 
     root = tmp_path / "s"
     shutil.copytree(demo_shards, root, ignore=shutil.ignore_patterns("sources", "volumes.zarr"))

@@ -35,7 +35,7 @@ def test_mni_data_preparation_builds_labelled_train_shards(tmp_path):
 
     from cmgan.data import schema
     from cmgan.data.manifest import read_manifest
-    from cmgan.data.pipeline import read_split
+    from cmgan.data.splits import read_split
 
     q = _bench()
     data = q.prepare_data(tmp_path, size=16, axis=2, resolution=2)  # 2 mm: 8x fewer voxels

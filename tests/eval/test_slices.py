@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmgan.data.pipeline import read_split
+from cmgan.data.splits import read_split
 from cmgan.eval import slices
 
 

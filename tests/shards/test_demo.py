@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmgan.data.pipeline import read_split
+from cmgan.data.splits import read_split
 from cmgan.data.volumes import read_volume
 from shards import phantoms
 from shards.__main__ import main

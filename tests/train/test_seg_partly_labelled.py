@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cmgan.data.manifest import read_manifest
-from cmgan.data.pipeline import labelled_volumes
+from cmgan.data.splits import labelled_volumes
 from shards.demo import write_sources
 
 from .conftest import REPO, TRAIN_SCRIPT, subprocess_env, tiny_overrides

@@ -1,4 +1,4 @@
-"""Cluster profiles: where and with what resources a sweep's jobs run, as data (`slurm/profiles/<name>.toml`).
+"""Cluster profiles: where and with what resources jobs run (sweeps, colorization), as data (slurm/profiles/).
 
 A profile names the submitit backend (`cluster = "slurm"` for SLURM, `"local"` for subprocesses on this
 machine) and, for SLURM, the partition, account, QoS, nodes, tasks and GPUs per node, CPUs, memory, time
@@ -26,13 +26,12 @@ from submitit.core.job_environment import JobEnvironment
 
 from cmgan import files
 from cmgan.config import ConfigError, from_dict
+from cmgan.project import profiles_dir
 
 log = logging.getLogger(__name__)
 
 CLUSTERS = ("slurm", "local")
 SIGNALS = ("USR1", "USR2")
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "slurm" / "profiles"
-"""Where named profiles live (`--profile gpu` -> slurm/profiles/gpu.toml)."""
 
 
 @dataclass(frozen=True)
@@ -148,12 +147,16 @@ def profile_to_dict(profile: ClusterProfile) -> dict[str, Any]:
 
 
 def load_profile(name_or_path: str | Path) -> ClusterProfile:
-    """A profile by name (`slurm/profiles/<name>.toml`) or by path to a TOML file; errors name the file."""
+    """A profile by name (`<name>.toml` in the project's slurm/profiles/, see `cmgan.project.profiles_dir`) or by
+    path to a TOML file; errors name the file."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        path = PROFILE_DIR / f"{name_or_path}.toml"
+        directory = profiles_dir()
+        path = directory / f"{name_or_path}.toml"
+    else:
+        directory = path.parent
     if not path.is_file():
-        known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+        known = sorted(p.stem for p in directory.glob("*.toml"))
         raise ConfigError(f"cluster profile {name_or_path!r} not found ({path}); known profiles: {known}")
     data = files.read_toml(path, "cluster profile", ConfigError)
     data.setdefault("name", path.stem)
@@ -193,7 +196,7 @@ def default_profile_name() -> str:
     if not slurm_available():
         return "subprocess"
     name = slurm_cluster_name()
-    if name and (PROFILE_DIR / f"{name}.toml").is_file():
+    if name and (profiles_dir() / f"{name}.toml").is_file():
         return name
     raise ConfigError(
         f"SLURM cluster {name or '(unnamed)'!r} has no profile: pass --profile NAME, or copy "

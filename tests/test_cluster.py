@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cmgan.cluster import ClusterProfile, load_profile, make_executor, preempt_signal
 from cmgan.config import ConfigError
-from cmgan.sweep import ClusterProfile, load_profile, make_executor
-from cmgan.sweep.profile import preempt_signal
 
 
 def sbatch_text(profile: ClusterProfile, tmp_path) -> str:
@@ -93,6 +92,6 @@ def test_local_runs_see_the_gpus_of_the_machine(tmp_path, monkeypatch, parent):
 
 
 def test_idle_gpus_of_a_profile_are_named_at_submission(tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="cmgan.sweep.profile"):
+    with caplog.at_level("WARNING", logger="cmgan.cluster"):
         make_executor(load_profile("subprocess").with_resources({"gpus_per_node": 2}), tmp_path)
     assert "2 GPUs per node but 1 task(s)" in caplog.text
