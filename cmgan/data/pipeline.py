@@ -232,6 +232,7 @@ class _BatchStream(IterableDataset):
             out["_worker"] = logical
             out["_pos"] = pos
             out["_skipped"] = {name: s.count for name, s in skippers.items()}
+            out["_skip_notes"] = [note for s in skippers.values() for note in s.drain()]
             yield out
 
     def _batches(self, d: _Domain, urls: list[str], seed: tuple[int, ...], skip: int, skipper: _Skipper
