@@ -1,6 +1,6 @@
 """Submit a sweep of training runs to SLURM (or local subprocesses), follow it, and tabulate the results.
 
-    python launch/sweep.py                                   # no sweep file: the end-to-end demo (cmgan.demo)
+    python launch/sweep.py                                   # no sweep file: the end-to-end demo (launch/demo.py)
     python launch/sweep.py configs/sweeps/fusion.toml        # submit, follow, print the table
     python launch/sweep.py configs/sweeps/fusion.toml --profile example-gpu --dry-run
     python launch/sweep.py configs/sweeps/fusion.toml --status
@@ -49,16 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds or args.report:
             p.error("--seeds/--report need a sweep file; the demo's ablation with seeds: "
                     "python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3")
-        from cmgan.demo import run_demo  # the lead's end-to-end demo: shards, S, a small sweep, eval, colorize
+        from launch.demo import run_demo  # the end-to-end demo: shards, S, a small sweep, eval, colorize
 
         return run_demo(profile=args.profile, dry_run=args.dry_run) or 0
 
     from cmgan.sweep.cli import sweep_command
+    from cmgan.sweep.spec import load_sweep
+    from launch.demo import is_demo_sweep, load_demo_sweep
 
+    # The demo's own sweep file is resolved as the demo runs it (paths under ./demo), so its seeded rerun
+    # reuses the demo's data and finished seed; every other file is read as it stands.
+    load = load_demo_sweep if is_demo_sweep(args.sweep) else load_sweep
     return sweep_command(
         args.sweep, profile=args.profile, dry_run=args.dry_run, status=args.status, wait=not args.no_wait,
         sweep_dir=args.sweep_dir, max_attempts=args.max_attempts, poll_s=args.poll, seeds=args.seeds,
-        report=args.report,
+        report=args.report, load=load,
     )  # fmt: skip
 
 

@@ -3,6 +3,7 @@ then in the source checkout: an installed cmgan serves the user's own project.""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,6 @@ import pytest
 from cmgan import project
 from cmgan.cluster import load_profile
 from cmgan.config import ConfigError
-from cmgan.demo import demo_config_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_the_checkout_directories_are_the_fallback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ or slurm/ here
     assert project.configs_dir().resolve() == REPO / "configs"
     assert project.profiles_dir().resolve() == REPO / "slurm" / "profiles"
-    assert demo_config_file().is_file()
+    assert (project.configs_dir() / "demo.toml").is_file()  # what the demo reads
 
 
 def test_without_any_directory_the_error_names_the_variable(tmp_path, monkeypatch):
@@ -57,3 +57,12 @@ def test_an_environment_variable_naming_no_directory_is_an_error(tmp_path, monke
     monkeypatch.setenv(project.CONFIGS_ENV, str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=f"{project.CONFIGS_ENV}=.*missing.* is not a directory"):
         project.configs_dir()
+
+
+def test_the_library_does_not_import_the_launchers():
+    # launch/ parses and hands over (the demo lives there too): the library must work without it.
+    for path in sorted((REPO / "cmgan").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "launch" or n.startswith("launch.") for n in names), path

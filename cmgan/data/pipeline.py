@@ -4,7 +4,8 @@ the segmentation U-Net. (The ordered reader of evaluation is `cmgan.data.splits.
 Training stream, per domain, inside each DataLoader worker (a chain of small stages; the stage's module in
 brackets):
 
-    slot shards [splits] -> open -> tar members (webdataset) -> samples -> shuffle buffer [shuffle]
+    slot shards [splits] -> open -> tar members (webdataset) -> samples, bad shards noted [tarstream]
+      -> shuffle buffer [shuffle]
       -> [skip: exact resume] -> safe decode + schema check (bad samples skipped, counted, logged with their key)
       -> batch -> augment [augment]
 
@@ -60,90 +61,11 @@ from cmgan.data.splits import (
     shards_with_labels,
     split_shards,
 )
+from cmgan.data.tarstream import Skipper, raw_samples
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("reseed", "exact")
-
-
-def _open_files(src: Iterator[dict[str, Any]], handler: _Skipper) -> Iterator[dict[str, Any]]:
-    """Open local shard files (never through webdataset's gopen, which runs `pipe:` commands). Tells `handler`
-    which shard is being read: webdataset's tar errors do not name it in a usable form."""
-    for item in src:
-        handler.url = item["url"]
-        try:
-            f = open(item["url"], "rb")
-        except OSError as e:
-            if handler(e):
-                continue
-            raise
-        with f:
-            yield {**item, "stream": f}
-
-
-class _Skipper:
-    """Exception handler of one training stream (webdataset's `handler=`, and called with a message and the shard
-    for samples that fail decoding or the schema): count the problem, note the first one of each shard, go on.
-
-    It runs in a DataLoader worker and does not log there: `drain()` hands the new notes to the batch, and the
-    main process logs each shard's first problem once (`_track`). Logging in the worker would depend on how the
-    worker came to be (a forked worker keeps the launcher's handlers, a spawned one has none, a test runner's
-    capture handler is lost in it), and would repeat: a worker reads its shards again every pass, and several
-    workers can meet the same shard. The main process logs through the launcher's own handler, once.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.url = "?"  # the shard being read (set by _open_files)
-        self._noted: set[str] = set()
-        self._new: list[tuple[str, str]] = []
-
-    def __call__(self, exn: BaseException | str, url: str | None = None) -> bool:
-        self.count += 1
-        url = url or self.url
-        if url not in self._noted:
-            self._noted.add(url)
-            if isinstance(exn, BaseException):  # webdataset appends " @ <file object>" and more args: drop them
-                first = exn.args[0] if exn.args else None
-                message = first.split(" @ <", 1)[0] if isinstance(first, str) else str(exn)
-                exn = f"unreadable shard, rest of it skipped ({type(exn).__name__}: {message})"
-            self._new.append((url, exn))
-        return True
-
-    def drain(self) -> list[tuple[str, str]]:
-        """(shard, problem) of the shards that had their first problem since the last call."""
-        new, self._new = self._new, []
-        return new
-
-
-def _raw_samples(urls: list[str], seed: tuple[int, ...], handler: _Skipper,
-                 samples: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
-    """Raw samples ({"__key__", "__url__", member: bytes}) of `urls` forever, each pass in a new seeded order.
-
-    samples: the manifest's sample count of each shard; a shard that ends early is reported to `handler` (tarfile
-    ends silently at a header cut short, so a truncated shard can read as a shorter one without an error)."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    def check(url: str | None, n: int) -> None:
-        if url is not None and samples and n < samples.get(url, 0):
-            handler(f"truncated shard: it ends after {n} of its {samples[url]} samples", url)
-
-    epoch = 0
-    while True:
-        order = ({"url": urls[i]} for i in np.random.default_rng([*seed, epoch]).permutation(len(urls)))
-        files = tar_file_expander(_open_files(order, handler), handler=handler)
-        n, url, in_shard = 0, None, 0
-        for sample in group_by_keys(files, handler=handler):
-            if sample.get("__url__") != url:
-                check(url, in_shard)
-                url, in_shard = sample.get("__url__"), 0
-            in_shard += 1
-            n += 1
-            yield sample
-        check(url, in_shard)
-        if n == 0:
-            raise DataError(f"no readable sample in any of the shards {urls}")
-        epoch += 1
 
 
 # ---------------------------------------------------------------------------------------------- decode
@@ -220,7 +142,7 @@ class _BatchStream(IterableDataset):
         for d_index, d in enumerate(self.domains):
             seed = (self.seed, self.restarts, slot, d_index)
             urls = assign_shards(list(d.urls), n_slots, self.seed + d_index)[slot]
-            skippers[d.name] = _Skipper()
+            skippers[d.name] = Skipper()
             streams[d.name] = self._batches(d, urls, seed, self.positions.get(logical, {}).get(d.name, 0),
                                             skippers[d.name])
         while True:
@@ -235,10 +157,10 @@ class _BatchStream(IterableDataset):
             out["_skip_notes"] = [note for s in skippers.values() for note in s.drain()]
             yield out
 
-    def _batches(self, d: _Domain, urls: list[str], seed: tuple[int, ...], skip: int, skipper: _Skipper
+    def _batches(self, d: _Domain, urls: list[str], seed: tuple[int, ...], skip: int, skipper: Skipper
                  ) -> Iterator[tuple[dict[str, Any], int]]:
         samples = dict(zip(d.urls, d.samples))
-        raw = shuffle_buffer(_raw_samples(urls, seed, skipper, samples), self.shuffle_buffer,
+        raw = shuffle_buffer(raw_samples(urls, seed, skipper, samples), self.shuffle_buffer,
                              random.Random(str(seed)))
         position = 0
         for _ in range(skip):  # exact resume: replay raw samples (no decoding) to restore the shuffle buffer

