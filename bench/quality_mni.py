@@ -152,7 +152,8 @@ def palette_separation(demo_mr: Path | None, label_names: tuple[str, ...]) -> fl
 def segmenter(cfg, shards: Path) -> dict[str, Any]:
     """Pretrain S and measure its hard Dice per class on the (training) slices of `shards`."""
     from cmgan.data.splits import read_split
-    from cmgan.train.seg_pretrain import dice_counts, load_segmenter, pretrain_segmenter
+    from cmgan.seg_export import load_segmenter
+    from cmgan.train.seg_pretrain import dice_counts, pretrain_segmenter
 
     t0 = time.time()
     summary = pretrain_segmenter(cfg)

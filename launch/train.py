@@ -58,7 +58,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from cmgan.data.normalize import NormalizationError
     from cmgan.data.schema import SchemaError
     from cmgan.data.splits import DataError
-    from cmgan.train.seg_pretrain import SegExportError
+    from cmgan.seg_export import SegExportError
 
     return (DataError, ManifestError, SchemaError, DecodeError, NormalizationError, SegExportError,
             CheckpointError, FloatingPointError)

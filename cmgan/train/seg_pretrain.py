@@ -1,15 +1,13 @@
-"""Segmentation pretraining of S (Dice + cross-entropy) on labelled MR shards, and its frozen export.
+"""Segmentation pretraining of S (Dice + cross-entropy) on labelled MR shards, ending in its frozen export.
 
-    summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt
-    S, normalization, dice = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
+    summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt (format: `cmgan.seg_export`)
 
 Runs on the same distributed seam as the CycleGAN (DDP; the segmenter is small, DeepSpeed is not used here),
 with the same checkpoints, stop signals and resume. Validation computes hard Dice per class on the val split
 (summed over ranks in float64: each rank reads a disjoint block of slices). The export holds the weights, the
 architecture (width, depth, classes), the MR normalization of the shards S was trained on (S must see the same
-normalization later) and the last validation Dice.
+normalization later) and the last validation Dice; the trainer loads it with `cmgan.seg_export.load_segmenter`.
 """
-
 from __future__ import annotations
 
 import logging
@@ -21,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from cmgan import checkpoint
-from cmgan.config import ModelConfig, OptimConfig, RunConfig, replace, to_dict
+from cmgan.config import OptimConfig, RunConfig, replace, to_dict
 from cmgan.data import schema
 from cmgan.models import build_segmenter
 from cmgan.models.segmentation import SegUNet
+from cmgan.seg_export import SEG_EXPORT, save_seg_export
 from cmgan.train import distributed, rundir
 from cmgan.train.loop import CheckpointState, TrainLoop, Window
 from cmgan.train.monitor import Monitor
@@ -38,14 +37,6 @@ from cmgan.train.state import (
 from cmgan.train.stop import StopFlag
 
 log = logging.getLogger(__name__)
-
-SEG_FORMAT = "cmgan-seg-v1"
-SEG_EXPORT = Path("export") / "seg.pt"
-
-
-class SegExportError(ValueError):
-    """A segmenter export is missing, of another format or does not fit the model config."""
-
 
 # ---------------------------------------------------------------------------------------------- loss, metrics
 
@@ -87,58 +78,6 @@ def dice_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> to
     confusion = confusion[: num_classes * num_classes].view(num_classes, num_classes).cpu().to(torch.float64)
     inter = confusion.diagonal()
     return torch.stack([2.0 * inter, confusion.sum(0) + confusion.sum(1)], dim=1)
-
-
-# ---------------------------------------------------------------------------------------------- export
-
-
-def save_seg_export(path: str | Path, *, model: ModelConfig, state: dict, normalization: dict | None,
-                    val_dice: dict[str, float], meta: dict) -> Path:
-    """Write the frozen segmenter atomically (tensors and plain values: loads with weights_only=True)."""
-    path = Path(path)
-    payload = {
-        "format": SEG_FORMAT,
-        "architecture": {"seg_width": model.seg_width, "seg_depth": model.seg_depth, "seg_classes": model.seg_classes},
-        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
-        "normalization": dict(normalization or {}),
-        "val_dice": dict(val_dice),
-        "meta": dict(meta),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_file(payload, path)
-    return path
-
-
-def load_segmenter(
-    path: str | Path, model: ModelConfig, device: torch.device | str = "cpu"
-) -> tuple[SegUNet, dict, dict[str, float]]:
-    """The exported S, frozen (eval mode, requires_grad False) on `device`, the normalization it was trained
-    with, and its per-class validation Dice ({class name: Dice}; empty when it had no validation split).
-    The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width depends on
-    it); a mismatch raises an error naming the values to set."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / SEG_EXPORT
-    if not path.is_file():
-        raise SegExportError(
-            f"train.seg_checkpoint={str(path)!r}: no such file; pretrain S first "
-            "(`python launch/train.py --stage seg ...`) or set model.fusion=none"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise SegExportError(f"{path}: cannot be read as a segmenter export ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != SEG_FORMAT:
-        raise SegExportError(f"{path}: not a cmgan segmenter export (format {payload.get('format')!r})")
-    arch = payload["architecture"]
-    wanted = {"seg_width": model.seg_width, "seg_depth": model.seg_depth, "seg_classes": model.seg_classes}
-    if arch != wanted:
-        fix = " ".join(f"model.{k}={v}" for k, v in arch.items())
-        raise SegExportError(f"{path}: S was trained with {arch} but the config asks for {wanted}; set {fix}")
-    S = build_segmenter(model)
-    S.load_state_dict(payload["state_dict"])
-    S.eval().requires_grad_(False)
-    return S.to(device), dict(payload.get("normalization") or {}), dict(payload.get("val_dice") or {})
 
 
 # ---------------------------------------------------------------------------------------------- validation

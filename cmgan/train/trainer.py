@@ -32,6 +32,7 @@ from cmgan.config import RunConfig, to_dict
 from cmgan.losses.perceptual import build_perceptual
 from cmgan.models import build_networks
 from cmgan.models.edges import edge_map
+from cmgan.seg_export import load_segmenter
 from cmgan.train import distributed, rundir
 from cmgan.train.ema import EMA
 from cmgan.train.image_pool import ImagePool
@@ -78,8 +79,6 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
     G, F, Dx, Dy = (backend.place(n) for n in build_networks(cfg.model))
     S, seg_norm, seg_dice = None, {}, {}
     if cfg.model.fusion != "none":
-        from cmgan.train.seg_pretrain import load_segmenter
-
         if not cfg.train.seg_checkpoint:
             raise ValueError(
                 f"model.fusion={cfg.model.fusion!r} needs the frozen segmenter: set train.seg_checkpoint to the "

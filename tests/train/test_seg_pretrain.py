@@ -7,7 +7,8 @@ import torch
 from cmgan.config import load_config
 from cmgan.data.schema import LABEL_NAMES
 from cmgan.export import load_export
-from cmgan.train.seg_pretrain import SegExportError, dice_ce_loss, load_segmenter, pretrain_segmenter
+from cmgan.seg_export import SegExportError, load_segmenter
+from cmgan.train.seg_pretrain import dice_ce_loss, pretrain_segmenter
 from cmgan.train.trainer import train
 
 from .conftest import tiny_overrides
