@@ -14,7 +14,7 @@ Steps, each through the library:
    subcortical_gm (2) is absent. MNI is ONE subject, so `python -m shards build` puts every slice in the train
    split (--split 1,0,0), along --axis (default 2, axial), at --size.
 2. S: `pretrain_segmenter` on those shards (--seg-steps). There is no held-out subject, so its Dice is measured
-   on the training slices (`dice_train`, via `seg_pretrain.dice_counts`): it says whether S learnt the tissue
+   on the training slices (`dice_train`, via `losses.segmentation.dice_counts`): it says whether S learnt the tissue
    map, not how it generalizes.
 3. G: the named config (default configs/quality.toml) trained from scratch with data.mr_shards = the MNI shards,
    data.color_shards = the demo color phantoms and train.seg_checkpoint = the new S, for --steps, per seed.
@@ -152,8 +152,9 @@ def palette_separation(demo_mr: Path | None, label_names: tuple[str, ...]) -> fl
 def segmenter(cfg, shards: Path) -> dict[str, Any]:
     """Pretrain S and measure its hard Dice per class on the (training) slices of `shards`."""
     from cmgan.data.splits import read_split
+    from cmgan.losses.segmentation import dice_counts
     from cmgan.seg_export import load_segmenter
-    from cmgan.train.seg_pretrain import dice_counts, pretrain_segmenter
+    from cmgan.train.seg_pretrain import pretrain_segmenter
 
     t0 = time.time()
     summary = pretrain_segmenter(cfg)
