@@ -54,8 +54,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the inputs (their messages name the file and the fix), not by a bug in cmgan."""
     from cmgan.checkpoint import CheckpointError
     from cmgan.data.codec import DecodeError
+    from cmgan.data.intensity import NormalizationError
     from cmgan.data.manifest import ManifestError
-    from cmgan.data.normalize import NormalizationError
     from cmgan.data.schema import SchemaError
     from cmgan.data.splits import DataError
     from cmgan.seg_export import SegExportError
