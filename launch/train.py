@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from cmgan.train.trainer import train as run
     from cmgan.distenv import DistributedError
-    from cmgan.train.job import EXIT_RESUMABLE
+    from cmgan.train.jobframe import EXIT_RESUMABLE
 
     try:
         summary = run(cfg)

@@ -6,8 +6,9 @@
     <run_dir>/export/          the generator export (CycleGAN) or seg.pt (segmentation pretraining)
     <run_dir>/summary.json     what `train` returned, written when it returns
 
-Shared by the CycleGAN trainer and segmentation pretraining. The process they run in is `cmgan.train.job`; the
-step-boundary agreement and the checkpoint clock belong to the loop (`cmgan.train.loop`).
+Shared by the CycleGAN trainer and segmentation pretraining. The frame their process runs in is
+`cmgan.train.jobframe`; the step-boundary agreement and the checkpoint clock belong to the loop
+(`cmgan.train.loop`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from cmgan.losses.segmentation import dice_ce_loss, dice_counts
 from cmgan.models import build_segmenter
 from cmgan.models.segmentation import SegUNet
 from cmgan.seg_export import SEG_EXPORT, save_seg_export
-from cmgan.train import distributed, job, rundir
+from cmgan.train import distributed, jobframe, rundir
 from cmgan.train.loop import CheckpointState, TrainLoop, Window
 from cmgan.train.monitor import Monitor
 from cmgan.train.state import (
@@ -109,7 +109,7 @@ def pretrain_segmenter(cfg: RunConfig) -> dict[str, Any]:
 
     if cfg.train.backend != "ddp":
         cfg = replace(cfg, ["train.backend=ddp"])  # S is small: plain data parallel
-    return job.run_in_job(cfg.train, cfg.seg.batch_size,
+    return jobframe.run_in_job(cfg.train, cfg.seg.batch_size,
                              lambda backend, stop: _pretrain(cfg, backend, LabelledStream, stop))
 
 

@@ -33,7 +33,7 @@ from cmgan.losses.perceptual import build_perceptual
 from cmgan.models import build_networks
 from cmgan.models.edges import edge_map
 from cmgan.seg_export import load_segmenter
-from cmgan.train import distributed, job, rundir
+from cmgan.train import distributed, jobframe, rundir
 from cmgan.train.ema import EMA
 from cmgan.train.image_pool import ImagePool
 from cmgan.train.loop import CheckpointState, TrainLoop, Window
@@ -111,7 +111,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     in)}; the same dict is written to `<run_dir>/summary.json`.
     Raises cmgan.train.loop.NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
     """
-    return job.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
+    return jobframe.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
 
 
 def _load(path: Path, parts: Parts, backend: distributed.Backend) -> tuple[int, dict | None]:

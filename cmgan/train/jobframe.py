@@ -6,7 +6,8 @@
 `run_in_job` sets up logging, determinism and the distributed backend (`cmgan.train.distributed`), installs the
 stop flag (`cmgan.train.stop`), runs the body (the CycleGAN trainer or S pretraining), closes the backend whatever
 happens, and hands a stop signal on afterwards. What happens inside a run (steps, agreement, checkpoints) is
-`cmgan.train.loop`; where it writes is `cmgan.train.rundir`.
+`cmgan.train.loop`; where it writes is `cmgan.train.rundir`. (Not to be confused with `cmgan.sweep.job`, the
+callable a sweep submits, which calls the trainer and so runs inside this frame.)
 """
 
 from __future__ import annotations
