@@ -72,7 +72,7 @@ def write_archive(folder: Path, n: int, data: np.ndarray, affine: np.ndarray, co
 
 def make_export(path: Path, size: int, width: int, seg_width: int) -> Path:
     from cmgan.config import ModelConfig
-    from cmgan.data.normalize import Normalization
+    from cmgan.data.intensity import Normalization
     from cmgan.export import save_export
     from cmgan.models import build_networks, build_segmenter
 
@@ -99,7 +99,8 @@ def png_slices(archive: Path, folder: Path, norm_dict: dict) -> list[Path]:
     """The normalized tissue slices of every volume as 8-bit PNGs (the reference script's inputs; untimed)."""
     from PIL import Image
 
-    from cmgan.data.normalize import Normalization, foreground_mask, normalize_mr, take_slice
+    from cmgan.data.intensity import Normalization, foreground_mask, normalize_mr
+    from cmgan.data.slicing import take_slice
     from cmgan.data.volumes import read_volume
 
     files = []
@@ -120,7 +121,7 @@ def per_slice_loop(export_path: Path, files: list[Path], out: Path, device: str)
     """Reference-script style: one PNG in, one generator call at batch 1, one PNG out."""
     from PIL import Image
 
-    from cmgan.data.normalize import to_size
+    from cmgan.data.slicing import to_size
     from cmgan.export import load_export
 
     t = time.perf_counter()

@@ -189,7 +189,7 @@ def figure(cfg, G, S, path: Path, count: int = 6, how: str = "raw", sigma: float
 def run_seed(config: str, overrides: list[str], seed: int, steps: int, points: int, out: Path,
              use_ema: bool, rescore: bool = False, figure_path: Path | None = None, how: str = "raw",
              sigma: float = 1.0) -> list[dict[str, Any]]:
-    from cmgan.train.seg_pretrain import load_segmenter
+    from cmgan.seg_export import load_segmenter
     from cmgan.train.trainer import train
 
     every = max(1, steps // points)

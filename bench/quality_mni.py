@@ -14,7 +14,7 @@ Steps, each through the library:
    subcortical_gm (2) is absent. MNI is ONE subject, so `python -m shards build` puts every slice in the train
    split (--split 1,0,0), along --axis (default 2, axial), at --size.
 2. S: `pretrain_segmenter` on those shards (--seg-steps). There is no held-out subject, so its Dice is measured
-   on the training slices (`dice_train`, via `seg_pretrain.dice_counts`): it says whether S learnt the tissue
+   on the training slices (`dice_train`, via `losses.segmentation.dice_counts`): it says whether S learnt the tissue
    map, not how it generalizes.
 3. G: the named config (default configs/quality.toml) trained from scratch with data.mr_shards = the MNI shards,
    data.color_shards = the demo color phantoms and train.seg_checkpoint = the new S, for --steps, per seed.
@@ -152,7 +152,9 @@ def palette_separation(demo_mr: Path | None, label_names: tuple[str, ...]) -> fl
 def segmenter(cfg, shards: Path) -> dict[str, Any]:
     """Pretrain S and measure its hard Dice per class on the (training) slices of `shards`."""
     from cmgan.data.splits import read_split
-    from cmgan.train.seg_pretrain import dice_counts, load_segmenter, pretrain_segmenter
+    from cmgan.losses.segmentation import dice_counts
+    from cmgan.seg_export import load_segmenter
+    from cmgan.train.seg_pretrain import pretrain_segmenter
 
     t0 = time.time()
     summary = pretrain_segmenter(cfg)
@@ -188,7 +190,7 @@ def read_rgb_nifti(path: str | Path) -> np.ndarray:
 def model_grid(image: np.ndarray, mask: np.ndarray, axis: int, size: int, pixel: tuple[float, float]) -> np.ndarray:
     """The normalized input seen through the model's grid: each slice along `axis` resized to (size, size) and back
     with the colorizer's `to_size` / `from_size` (bilinear), background -1 outside `mask`. (X, Y, Z) float32."""
-    from cmgan.data.normalize import from_size, put_slice, take_slice, to_size
+    from cmgan.data.slicing import from_size, put_slice, take_slice, to_size
 
     out = np.full(image.shape, -1.0, dtype=np.float32)
     for k in range(image.shape[axis]):
@@ -214,7 +216,7 @@ def score_volume(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, tissue: 
     grid_ssim_fg / grid_psnr_fg against grid_image, and tissue_lab {tissue: [L, a, b]} (mean inside the brain).
     """
     from cmgan.colorspace import srgb8_to_lab as rgb_to_lab
-    from cmgan.data.normalize import take_slice
+    from cmgan.data.slicing import take_slice
     from cmgan.eval.quality import QualityAccumulator
     from cmgan.eval.slices import SliceBatch
 
@@ -280,7 +282,8 @@ def run_seed(args: argparse.Namespace, overrides: list[str], seed: int, data: di
     from cmgan.colorize.inputs import discover
     from cmgan.colorize.runner import ColorizeOptions, run_colorize
     from cmgan.colorize.volume import prepare_volume, read_source
-    from cmgan.data.normalize import Normalization, slice_spacing
+    from cmgan.data.intensity import Normalization
+    from cmgan.data.slicing import slice_spacing
     from cmgan.export import load_export
     from cmgan.train.trainer import train
 

@@ -58,7 +58,7 @@ def bench_setup(root: Path, size: int, width: int, vgg: str) -> BenchSetup:
     """Write an untrained S export (its weights do not change its cost) under `root`."""
     from cmgan.config import load_config
     from cmgan.models import build_segmenter
-    from cmgan.train.seg_pretrain import save_seg_export
+    from cmgan.seg_export import save_seg_export
 
     setup = BenchSetup(Path(root), size, width, vgg)
     seg = setup.root / "seg.pt"

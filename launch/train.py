@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from cmgan.train.trainer import train as run
     from cmgan.distenv import DistributedError
-    from cmgan.train.rundir import EXIT_RESUMABLE
+    from cmgan.train.jobframe import EXIT_RESUMABLE
 
     try:
         summary = run(cfg)
@@ -54,11 +54,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the inputs (their messages name the file and the fix), not by a bug in cmgan."""
     from cmgan.checkpoint import CheckpointError
     from cmgan.data.codec import DecodeError
+    from cmgan.data.intensity import NormalizationError
     from cmgan.data.manifest import ManifestError
-    from cmgan.data.normalize import NormalizationError
     from cmgan.data.schema import SchemaError
     from cmgan.data.splits import DataError
-    from cmgan.train.seg_pretrain import SegExportError
+    from cmgan.seg_export import SegExportError
 
     return (DataError, ManifestError, SchemaError, DecodeError, NormalizationError, SegExportError,
             CheckpointError, FloatingPointError)

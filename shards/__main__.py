@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cmgan.data.normalize import Normalization
+from cmgan.data.intensity import Normalization
 from cmgan.logs import setup_logging
 
 BUILD_HELP = """\

@@ -27,19 +27,9 @@ import numpy as np
 
 from cmgan.data import schema
 from cmgan.data.codec import encode_json, encode_npy
+from cmgan.data.intensity import Normalization, NormalizationError, foreground_mask, intensity_window, normalize_mr
 from cmgan.data.manifest import FORMAT, NAME, VERSION, read_manifest, write_manifest
-from cmgan.data.normalize import (
-    Normalization,
-    NormalizationError,
-    foreground_box,
-    foreground_mask,
-    intensity_window,
-    is_empty_slice,
-    normalize_mr,
-    slice_spacing,
-    take_slice,
-    to_size,
-)
+from cmgan.data.slicing import foreground_box, is_empty_slice, slice_spacing, take_slice, to_size
 from cmgan.data.volumes import VolumeError
 from cmgan.files import sha256_file
 from shards import readers

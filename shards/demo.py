@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from cmgan.data.normalize import take_slice
+from cmgan.data.slicing import take_slice
 from shards import phantoms
 from shards.build import BuildOptions, BuildResult, build
 

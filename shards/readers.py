@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from cmgan.data.normalize import put_slice
+from cmgan.data.slicing import put_slice
 from cmgan.data.volumes import (
     NIFTI_SUFFIXES,
     Volume,

@@ -22,7 +22,7 @@ import numpy as np
 from cmgan.data import schema
 from cmgan.data.codec import DecodeError, decode_sample
 from cmgan.data.manifest import ManifestError, read_manifest
-from cmgan.data.normalize import is_empty_slice, take_slice
+from cmgan.data.slicing import is_empty_slice, take_slice
 from cmgan.files import sha256_file
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from cmgan.colorspace import srgb8_to_lab
-from cmgan.data.normalize import take_slice
+from cmgan.data.slicing import take_slice
 
 
 def slice_consistency(rgb: np.ndarray, mask: np.ndarray, axis: int) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from cmgan.colorize.writers import (
     write_ome_zarr,
     write_rgb_nifti,
 )
-from cmgan.data.normalize import Normalization, NormalizationError
+from cmgan.data.intensity import Normalization, NormalizationError
 from cmgan.data.volumes import VolumeError
 from cmgan.distenv import cuda_unavailable_reason, rank_device, require_cuda_if_assigned
 from cmgan.export import load_export

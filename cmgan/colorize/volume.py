@@ -27,17 +27,8 @@ import torch
 
 from cmgan.colorize.inputs import Input
 from cmgan.colorize.luminance import keep_luminance
-from cmgan.data.normalize import (
-    Normalization,
-    Placement,
-    foreground_mask,
-    from_size,
-    normalize_mr,
-    put_slice,
-    slice_spacing,
-    take_slice,
-    to_size,
-)
+from cmgan.data.intensity import Normalization, foreground_mask, normalize_mr
+from cmgan.data.slicing import Placement, from_size, put_slice, slice_spacing, take_slice, to_size
 from cmgan.data.volumes import Volume, VolumeError, read_volume, to_canonical
 
 RAS = nib.orientations.axcodes2ornt("RAS")

@@ -23,7 +23,7 @@ import numpy as np
 
 from cmgan import files
 from cmgan.colorize.volume import NativeGeometry
-from cmgan.data.normalize import take_slice
+from cmgan.data.slicing import take_slice
 
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
 NGFF_VERSION = "0.5"

@@ -3,7 +3,7 @@
     {
       "format": "cmgan-shards", "version": 1, "domain": "mr" | "color", "size": 256, "axis": 2,
       "min_foreground": 0.01, "crop_margin": 0.05 | null, "image_key": "mr.npy" | "rgb.npy", "background": -1 | 0,
-      "normalization": {...} | null,          # cmgan.data.normalize.Normalization.to_dict() (MR only)
+      "normalization": {...} | null,          # cmgan.data.intensity.Normalization.to_dict() (MR only)
       "members": ["mask.npy", "meta.json", "mr.npy", ...],   # members the samples carry
       "label_names": [...] | null, "label_values": [0, 1, ...] | null,   # when labels were given
       "split_fractions": [0.8, 0.1, 0.1],

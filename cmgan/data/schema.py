@@ -12,7 +12,7 @@ Defined once here and imported by the writer (`shards/`) and the readers (`cmgan
     label.npy    (H, W)    uint8   in [0, num_classes), 0 = background   (MR, optional)
     truth.npy    (H, W, 3) uint8   true color rendering                 (demo MR test split only)
     meta.json    {"subject", "slice", "axis", "spacing", "source_sha256", "domain", "split"} (required), and
-                 "volume", "placement" (normalize.Placement.to_dict(): how the slice was cropped/resized/padded),
+                 "volume", "placement" (slicing.Placement.to_dict(): how the slice was cropped/resized/padded),
                  "pixel_mm" (MR: row, column pixel size of the source slice)
 """
 

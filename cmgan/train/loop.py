@@ -9,7 +9,7 @@ contents); `TrainLoop` holds what every run does the same way. Per step, on ever
 
   1. `stage.forward_backward()`: forward and backward of every micro-batch of the step, no update;
   2. one all-reduce (MAX) at the step boundary of [non-finite loss on some rank, stop signal, checkpoint clock
-     due] (`rundir.agree`), so every rank takes the same branch below;
+     due] (`agree`), so every rank takes the same branch below;
   3. `stage.update()`; or, after a non-finite loss, raise NonFiniteLossError before updating (nonfinite="stop":
      the last good checkpoint stays intact) or `stage.skip()` (nonfinite="skip", at most
      `train.max_nonfinite_skips` steps in a row);
@@ -23,6 +23,8 @@ contents); `TrainLoop` holds what every run does the same way. Per step, on ever
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,6 @@ from torch import nn
 
 from cmgan import checkpoint
 from cmgan.config import TrainConfig
-from cmgan.train import rundir
 from cmgan.train.distributed import Backend
 from cmgan.train.monitor import Monitor
 from cmgan.train.state import parameter_digest
@@ -126,6 +127,49 @@ class LoopResult:
     """The stop signal's name ("" when completed)."""
 
 
+_TEST_SIGNAL_ENV = "CMGAN_TEST_SIGNAL_AT_STEP"
+
+
+class SaveClock:
+    """Decides (on rank 0) when the time-based checkpoint is due; ranks then agree via `agree`."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60.0
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.seconds > 0 and time.monotonic() - self.last >= self.seconds
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+
+def test_signal_hook(next_step: int, backend: Backend) -> None:
+    """Test-only: `CMGAN_TEST_SIGNAL_AT_STEP=k[:SIGNAME]` makes rank 0 send itself SIGNAME (default SIGTERM)
+    just before the ranks agree at the end of step k, so tests stop a real run at an exact step through the real
+    handler and the real agreement (the other ranks get no signal). Unset in normal runs."""
+    spec = os.environ.get(_TEST_SIGNAL_ENV)
+    if not spec or not backend.is_main:
+        return
+    at, _, name = spec.partition(":")
+    if int(at) == next_step:
+        os.kill(os.getpid(), getattr(signal, name or "SIGTERM"))
+
+
+def agree(backend: Backend, stop: StopFlag, clock: SaveClock, nonfinite: bool | torch.Tensor = False
+          ) -> tuple[bool, bool, bool]:
+    """One all-reduce (MAX) and one host read at a step boundary: (any rank saw a non-finite loss, any rank got a
+    stop signal, rank 0's checkpoint clock is due). Every rank gets the same answer, so they act together.
+    `nonfinite` may be a 0-dim tensor still being computed on the device (it is read only together with the rest).
+    """
+    host = [int(stop.requested), int(backend.is_main and clock.due())]
+    if isinstance(nonfinite, torch.Tensor):
+        flags = backend.all_reduce_max(host, device_flag=nonfinite)
+    else:
+        flags = backend.all_reduce_max([int(nonfinite), *host])
+    return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+
 class TrainLoop:
     """Runs `stage` from `start_step` to `steps`, checkpointing into `checkpoints` (see the module docstring).
 
@@ -139,7 +183,7 @@ class TrainLoop:
         self.checkpoints = checkpoints
         self.steps, self.step = steps, start_step
         self.nonfinite = nonfinite or train.nonfinite
-        self.clock = rundir.SaveClock(train.ckpt_every_minutes)
+        self.clock = SaveClock(train.ckpt_every_minutes)
         self.last_checkpoint = resumed_from
         self.losses: dict[str, float] = {}
         self.skips = 0  # consecutive skipped updates
@@ -151,8 +195,8 @@ class TrainLoop:
                 terms, nonfinite = self.stage.forward_backward()
 
                 # The ranks agree on one branch: update / skip / raise, checkpoint clock, stop signal.
-                rundir.test_signal_hook(self.step + 1, self.backend)
-                any_nonfinite, stopping, time_due = rundir.agree(self.backend, self.stop, self.clock, nonfinite)
+                test_signal_hook(self.step + 1, self.backend)
+                any_nonfinite, stopping, time_due = agree(self.backend, self.stop, self.clock, nonfinite)
                 if any_nonfinite:
                     self._skip_or_raise(terms)
                 else:

@@ -1,13 +1,13 @@
-"""Segmentation pretraining of S (Dice + cross-entropy) on labelled MR shards, and its frozen export.
+"""Segmentation pretraining of S on labelled MR shards (Dice + cross-entropy, `cmgan.losses.segmentation`),
+ending in its frozen export.
 
-    summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt
-    S, normalization, dice = load_segmenter(path, cfg.model, device)   # frozen, eval mode (used by the trainer)
+    summary = pretrain_segmenter(cfg)       # -> <cfg.seg.run_dir>/export/seg.pt (format: `cmgan.seg_export`)
 
 Runs on the same distributed seam as the CycleGAN (DDP; the segmenter is small, DeepSpeed is not used here),
 with the same checkpoints, stop signals and resume. Validation computes hard Dice per class on the val split
 (summed over ranks in float64: each rank reads a disjoint block of slices). The export holds the weights, the
 architecture (width, depth, classes), the MR normalization of the shards S was trained on (S must see the same
-normalization later) and the last validation Dice.
+normalization later) and the last validation Dice; the trainer loads it with `cmgan.seg_export.load_segmenter`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from cmgan import checkpoint
-from cmgan.config import ModelConfig, OptimConfig, RunConfig, replace, to_dict
+from cmgan.config import OptimConfig, RunConfig, replace, to_dict
 from cmgan.data import schema
+from cmgan.losses.segmentation import dice_ce_loss, dice_counts
 from cmgan.models import build_segmenter
 from cmgan.models.segmentation import SegUNet
-from cmgan.train import distributed, rundir
+from cmgan.seg_export import SEG_EXPORT, save_seg_export
+from cmgan.train import distributed, jobframe, rundir
 from cmgan.train.loop import CheckpointState, TrainLoop, Window
 from cmgan.train.monitor import Monitor
 from cmgan.train.state import (
@@ -38,107 +40,6 @@ from cmgan.train.state import (
 from cmgan.train.stop import StopFlag
 
 log = logging.getLogger(__name__)
-
-SEG_FORMAT = "cmgan-seg-v1"
-SEG_EXPORT = Path("export") / "seg.pt"
-
-
-class SegExportError(ValueError):
-    """A segmenter export is missing, of another format or does not fit the model config."""
-
-
-# ---------------------------------------------------------------------------------------------- loss, metrics
-
-
-def dice_ce_loss(logits: torch.Tensor, label: torch.Tensor, dice_weight: float) -> dict[str, torch.Tensor]:
-    """logits (B, C, H, W) any float dtype, label (B, H, W) int64 in [0, C) -> {"ce", "dice", "total"} float32.
-
-    Soft Dice per class over the whole batch, averaged over the classes present in the batch (a class absent from
-    the labels contributes nothing instead of a free 1.0); computed in float32. No value is read on the host
-    (the present classes are a 0/1 weight, not a boolean index), so on a GPU the step never waits here.
-    """
-    logits = logits.float()
-    ce = _cross_entropy(logits, label)
-    probs = logits.softmax(1)
-    onehot = F.one_hot(label, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-    inter = (probs * onehot).sum((0, 2, 3))
-    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    present = (onehot.sum((0, 2, 3)) > 0).to(probs.dtype)
-    dice = (2 * inter + 1e-6) / (denom + 1e-6)
-    n_present = present.sum()
-    dice_loss = torch.where(n_present > 0, 1.0 - (dice * present).sum() / n_present.clamp(min=1.0),
-                            torch.zeros_like(n_present))
-    return {"ce": ce, "dice": dice_loss, "total": ce + dice_weight * dice_loss}
-
-
-def _cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy; under deterministic algorithms on a GPU as log-softmax + gather, because CUDA's
-    nll_loss2d has no deterministic kernel (it would raise)."""
-    if logits.is_cuda and torch.are_deterministic_algorithms_enabled():
-        return -logits.log_softmax(1).gather(1, label[:, None]).mean()
-    return F.cross_entropy(logits, label)
-
-
-def dice_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Hard-Dice sufficient statistics: (C, 2) float64 on the CPU of [2 |P∩T|, |P| + |T|] per class; pred, label
-    (B, H, W) integer class maps on any device (one confusion matrix, one transfer)."""
-    pred, label = pred.reshape(-1).long(), label.reshape(-1).to(pred.device).long()
-    confusion = torch.bincount(label * num_classes + pred, minlength=num_classes * num_classes)
-    confusion = confusion[: num_classes * num_classes].view(num_classes, num_classes).cpu().to(torch.float64)
-    inter = confusion.diagonal()
-    return torch.stack([2.0 * inter, confusion.sum(0) + confusion.sum(1)], dim=1)
-
-
-# ---------------------------------------------------------------------------------------------- export
-
-
-def save_seg_export(path: str | Path, *, model: ModelConfig, state: dict, normalization: dict | None,
-                    val_dice: dict[str, float], meta: dict) -> Path:
-    """Write the frozen segmenter atomically (tensors and plain values: loads with weights_only=True)."""
-    path = Path(path)
-    payload = {
-        "format": SEG_FORMAT,
-        "architecture": {"seg_width": model.seg_width, "seg_depth": model.seg_depth, "seg_classes": model.seg_classes},
-        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
-        "normalization": dict(normalization or {}),
-        "val_dice": dict(val_dice),
-        "meta": dict(meta),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_file(payload, path)
-    return path
-
-
-def load_segmenter(
-    path: str | Path, model: ModelConfig, device: torch.device | str = "cpu"
-) -> tuple[SegUNet, dict, dict[str, float]]:
-    """The exported S, frozen (eval mode, requires_grad False) on `device`, the normalization it was trained
-    with, and its per-class validation Dice ({class name: Dice}; empty when it had no validation split).
-    The export's architecture must match `model.seg_width/seg_depth/seg_classes` (G's fusion width depends on
-    it); a mismatch raises an error naming the values to set."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / SEG_EXPORT
-    if not path.is_file():
-        raise SegExportError(
-            f"train.seg_checkpoint={str(path)!r}: no such file; pretrain S first "
-            "(`python launch/train.py --stage seg ...`) or set model.fusion=none"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise SegExportError(f"{path}: cannot be read as a segmenter export ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != SEG_FORMAT:
-        raise SegExportError(f"{path}: not a cmgan segmenter export (format {payload.get('format')!r})")
-    arch = payload["architecture"]
-    wanted = {"seg_width": model.seg_width, "seg_depth": model.seg_depth, "seg_classes": model.seg_classes}
-    if arch != wanted:
-        fix = " ".join(f"model.{k}={v}" for k, v in arch.items())
-        raise SegExportError(f"{path}: S was trained with {arch} but the config asks for {wanted}; set {fix}")
-    S = build_segmenter(model)
-    S.load_state_dict(payload["state_dict"])
-    S.eval().requires_grad_(False)
-    return S.to(device), dict(payload.get("normalization") or {}), dict(payload.get("val_dice") or {})
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -208,7 +109,7 @@ def pretrain_segmenter(cfg: RunConfig) -> dict[str, Any]:
 
     if cfg.train.backend != "ddp":
         cfg = replace(cfg, ["train.backend=ddp"])  # S is small: plain data parallel
-    return rundir.run_in_job(cfg.train, cfg.seg.batch_size,
+    return jobframe.run_in_job(cfg.train, cfg.seg.batch_size,
                              lambda backend, stop: _pretrain(cfg, backend, LabelledStream, stop))
 
 

@@ -32,7 +32,8 @@ from cmgan.config import RunConfig, to_dict
 from cmgan.losses.perceptual import build_perceptual
 from cmgan.models import build_networks
 from cmgan.models.edges import edge_map
-from cmgan.train import distributed, rundir
+from cmgan.seg_export import load_segmenter
+from cmgan.train import distributed, jobframe, rundir
 from cmgan.train.ema import EMA
 from cmgan.train.image_pool import ImagePool
 from cmgan.train.loop import CheckpointState, TrainLoop, Window
@@ -78,8 +79,6 @@ def build(cfg: RunConfig, backend: distributed.Backend) -> Parts:
     G, F, Dx, Dy = (backend.place(n) for n in build_networks(cfg.model))
     S, seg_norm, seg_dice = None, {}, {}
     if cfg.model.fusion != "none":
-        from cmgan.train.seg_pretrain import load_segmenter
-
         if not cfg.train.seg_checkpoint:
             raise ValueError(
                 f"model.fusion={cfg.model.fusion!r} needs the frozen segmenter: set train.seg_checkpoint to the "
@@ -112,7 +111,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     in)}; the same dict is written to `<run_dir>/summary.json`.
     Raises cmgan.train.loop.NonFiniteLossError (train.nonfinite=stop), DistributedError, config and data errors.
     """
-    return rundir.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
+    return jobframe.run_in_job(cfg.train, cfg.data.batch_size, lambda backend, stop: _train(cfg, backend, stop))
 
 
 def _load(path: Path, parts: Parts, backend: distributed.Backend) -> tuple[int, dict | None]:
@@ -250,7 +249,7 @@ def _accumulate_step(cfg: RunConfig, backend: distributed.Backend, parts: Parts,
 
     Returns (the last micro-batch's CycleImages, loss terms averaged over the micro-batches, whether any term
     was non-finite on this rank as a 0-dim bool tensor on the device, seconds spent waiting for data). Nothing
-    here reads a device value: the step's one host read is the agreement (`rundir.agree`).
+    here reads a device value: the step's one host read is the agreement (`loop.agree`).
     """
     gen, disc, nets, accum = parts.gen, parts.disc, parts.nets, cfg.train.grad_accum
     terms: dict[str, torch.Tensor] = {}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cmgan.config import ModelConfig
-from cmgan.data.normalize import Normalization
+from cmgan.data.intensity import Normalization
 from cmgan.export import save_export
 from cmgan.models import build_networks, build_segmenter
 

@@ -19,15 +19,8 @@ from cmgan.colorize.cli import main
 from cmgan.colorize.runner import ColorizeOptions, run_colorize
 from cmgan.colorize.submit import merge_summaries
 from cmgan.colorize.writers import RGB24, read_rgb_nifti
-from cmgan.data.normalize import (
-    Normalization,
-    foreground_mask,
-    from_size,
-    normalize_mr,
-    slice_spacing,
-    take_slice,
-    to_size,
-)
+from cmgan.data.intensity import Normalization, foreground_mask, normalize_mr
+from cmgan.data.slicing import from_size, slice_spacing, take_slice, to_size
 from cmgan.data.volumes import read_volume
 from cmgan.export import load_export
 

@@ -20,7 +20,7 @@ from cmgan.colorize.volume import (
     read_source,
     to_native,
 )
-from cmgan.data.normalize import Normalization
+from cmgan.data.intensity import Normalization
 from cmgan.data.volumes import Volume, to_canonical
 from cmgan.export import load_export
 

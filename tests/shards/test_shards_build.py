@@ -14,7 +14,8 @@ from PIL import Image
 
 from cmgan.data import schema
 from cmgan.data.codec import decode_sample
-from cmgan.data.normalize import Normalization, foreground_box, is_empty_slice, take_slice, to_size
+from cmgan.data.intensity import Normalization
+from cmgan.data.slicing import foreground_box, is_empty_slice, take_slice, to_size
 from cmgan.data.volumes import read_volume
 from shards.__main__ import main
 from shards.build import BuildError, BuildOptions, assign_splits, build

@@ -76,7 +76,7 @@ def test_the_non_finite_flag_stays_a_tensor_and_joins_the_one_agreement_per_step
     """No host read per micro-batch: the flag is a device tensor, packed with the stop and clock flags into the
     step's single all-reduce (here one process: the same packing, read once)."""
     from cmgan.config import TrainConfig
-    from cmgan.train import distributed, rundir
+    from cmgan.train import distributed, loop
     from cmgan.train.stop import StopFlag
 
     ok = Objective(torch.tensor(1.0), {"a": torch.tensor(2.0)})
@@ -88,9 +88,9 @@ def test_the_non_finite_flag_stays_a_tensor_and_joins_the_one_agreement_per_step
         flag = flag | ~finite
     backend = distributed.setup(TrainConfig(), batch_size=1)
     try:
-        clock = rundir.SaveClock(0)
-        assert rundir.agree(backend, StopFlag(), clock, flag) == (True, False, False)
-        assert rundir.agree(backend, StopFlag(), clock, torch.zeros((), dtype=torch.bool)) == (False, False, False)
+        clock = loop.SaveClock(0)
+        assert loop.agree(backend, StopFlag(), clock, flag) == (True, False, False)
+        assert loop.agree(backend, StopFlag(), clock, torch.zeros((), dtype=torch.bool)) == (False, False, False)
         assert backend.all_reduce_max([1, 0], device_flag=torch.ones((), dtype=torch.bool)) == [1, 1, 0]
     finally:
         backend.close()
