@@ -21,8 +21,8 @@ Utilization = model FLOP/s of ours / conv FLOP/s (same precision, channels_last)
 FLOPs (forward + backward of G, F, S, Dx, Dy and the VGG) are counted by torch.utils.flop_counter at 64x64,
 batch 1, and scaled by (size/64)^2 x batch: every layer is a convolution whose cost is proportional to the pixel count.
 
-Memory (unless `--memory-batches ''`): peak RSS of a fresh process running two steps of ours at each of the given
-batches; the slope over batch is the memory per image, the intercept the fixed cost; the largest batch that fits
+Memory (unless `--memory-batches ''`; `--memory-only` runs just this): peak RSS (VmHWM) of a fresh process running
+two steps of ours at each of the given batches; the slope over batch is the memory per image, the intercept the fixed cost; the largest batch that fits
 16 GiB is extrapolated linearly from them (an estimate, not a run at that batch). Data loading is not in these
 steps (fixed batches): bench/loader.py measures the loader against the step rate.
 
@@ -58,8 +58,20 @@ def memory_child(args: argparse.Namespace) -> None:
     setup = bench_setup(Path(args.root), args.size, args.width, args.vgg_file)
     step = TrainStep(setup, args.precision, True, args.child_batch)
     step(), step()
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-    print(json.dumps({"batch": args.child_batch, "peak_rss_gib": peak_gib}))
+    print(json.dumps({"batch": args.child_batch, "peak_rss_gib": peak_rss_gib()}))
+
+
+def peak_rss_gib() -> float:
+    """This process's own peak RSS: VmHWM, the high-water mark of its address space. Not getrusage's ru_maxrss: Linux
+    carries the pre-exec high-water mark into it, so a child forked from a large parent reports the parent's size
+    (measured: 8.61 GiB at batch 1 and 2 alike, when the process alone peaks at 2.8 GiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def measure_memory(args: argparse.Namespace, root: Path, batches: list[int]) -> dict:
@@ -98,6 +110,7 @@ def main() -> None:
     p.add_argument("--conv-size", type=int, default=128, help="spatial size of the conv-throughput probe")
     p.add_argument("--no-published", action="store_true", help="skip the fp32 batch-1 variant")
     p.add_argument("--compile", action="store_true", help="add ours under torch.compile")
+    p.add_argument("--memory-only", action="store_true", help="only the peak-RSS runs of --memory-batches")
     p.add_argument("--memory-batches", default="1,2", help="batches of the peak-RSS runs ('' = skip)")
     p.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
@@ -107,6 +120,14 @@ def main() -> None:
     args.precision = resolve(args.precision, "cuda" if torch.cuda.is_available() else "cpu")
     if args.child_batch:
         memory_child(args)
+        return
+
+    if args.memory_only:  # the peak-RSS runs alone (fresh processes), without the timed rounds
+        with tempfile.TemporaryDirectory(prefix="cmgan-bench-train-") as tmp:
+            bench_setup(Path(tmp) / "main", args.size, args.width, args.vgg_file)
+            memory = measure_memory(args, Path(tmp) / "main", [int(b) for b in args.memory_batches.split(",")])
+        print(json.dumps({"bench": "train_memory", **machine_info(), "size": args.size, "width": args.width,
+                          "identity_vgg": os.path.basename(args.vgg_file) or "none (pixel L1)", **memory}))
         return
 
     with tempfile.TemporaryDirectory(prefix="cmgan-bench-train-") as tmp:
