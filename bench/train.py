@@ -21,10 +21,11 @@ Utilization = model FLOP/s of ours / conv FLOP/s (same precision, channels_last)
 FLOPs (forward + backward of G, F, S, Dx, Dy and the VGG) are counted by torch.utils.flop_counter at 64x64,
 batch 1, and scaled by (size/64)^2 x batch: every layer is a convolution whose cost is proportional to the pixel count.
 
-Memory (unless `--memory-batches ''`; `--memory-only` runs just this): peak RSS (VmHWM) of a fresh process running
-two steps of ours at each of the given batches; the slope over batch is the memory per image, the intercept the fixed cost; the largest batch that fits
-16 GiB is extrapolated linearly from them (an estimate, not a run at that batch). Data loading is not in these
-steps (fixed batches): bench/loader.py measures the loader against the step rate.
+Memory (unless `--memory-batches ''`; `--memory-only` runs just this): peak RSS (VmHWM) of a fresh process
+running two steps of ours at each of the given batches; the slope over batch is the memory per image, the
+intercept the fixed cost; the largest batch that fits 16 GiB is extrapolated linearly from them (an estimate, not
+a run at that batch). Data loading is not in these steps (fixed batches): bench/loader.py measures the loader
+against the step rate.
 
 Prints ONE JSON line.
 """
