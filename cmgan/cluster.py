@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.job_environment import JobEnvironment
+from submitit import JobEnvironment
 
 from cmgan import files
 from cmgan.config import ConfigError, from_dict

@@ -1,5 +1,6 @@
-"""Private APIs of dependencies that cmgan still relies on (no public equivalent), pinned: a new torch or
-pytorch-fid that changes them fails here, naming what changed, instead of deep inside a model build."""
+"""Private APIs of dependencies that cmgan still relies on (no public equivalent), pinned: a new torch,
+pytorch-fid or submitit that changes them fails here, naming what changed, instead of deep inside a model build
+or a sweep that cannot read its jobs' results."""
 
 from __future__ import annotations
 
@@ -44,3 +45,18 @@ def test_pytorch_fid_inception_builder_and_blocks_cmgan_assembles_the_fid_networ
     assert net.fc.out_features == 1008 and not net.aux_logits
     fid_net = build_backbone()
     assert isinstance(fid_net.Mixed_5b, pfi.FIDInceptionA) and isinstance(fid_net.Mixed_7c, pfi.FIDInceptionE_2)
+
+
+def test_submitit_job_files_and_signal_setting_the_sweep_scheduler_reads():
+    # cmgan.sweep.scheduler reads a job's result and log from its folder and id alone (a new process reattaches to
+    # jobs an earlier one submitted), through submitit's own path rules; cmgan.cluster sets the requeue signal.
+    from submitit import JobEnvironment
+    from submitit.core.utils import JobPaths, pickle_load
+
+    params = list(inspect.signature(JobPaths.__init__).parameters)
+    assert params[:4] == ["self", "folder", "job_id", "task_id"], params
+    paths = JobPaths("/tmp/sweep/submitit/%j", job_id="123", task_id=0)
+    assert paths.result_pickle.name == "123_0_result.pkl" and paths.stderr.name == "123_0_log.err"
+    assert str(paths.result_pickle.parent) == "/tmp/sweep/submitit/123"
+    assert list(inspect.signature(pickle_load).parameters) == ["filename"]
+    assert isinstance(JobEnvironment.USR_SIG, str) and JobEnvironment.USR_SIG.startswith("USR")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import DelayedSubmission
+from submitit.helpers import DelayedSubmission
 
 from cmgan import files
 from cmgan.config import RunConfig
