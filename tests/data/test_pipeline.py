@@ -195,8 +195,9 @@ def test_labelled_stream_gives_images_with_their_labels(demo_shards: Path) -> No
 
 
 def test_loader_workers_survive_the_preemption_signals_the_trainer_handles(demo_shards: Path) -> None:
-    """SLURM sends the job's USR signal to every process of a job; a worker killed by it would crash the trainer
-    before it saves. SIGTERM still ends a worker (multiprocessing relies on it at exit)."""
+    """SLURM sends the job's USR signal to every process of a job; a worker (or the fork server the workers come
+    from) killed by it would crash the trainer before it saves. SIGTERM still ends a worker (multiprocessing relies
+    on it at exit)."""
     import os
     import signal
     import time
@@ -206,15 +207,29 @@ def test_loader_workers_survive_the_preemption_signals_the_trainer_handles(demo_
     stream = UnpairedStream(_cfg(demo_shards, num_workers=1), 16, seed=0)
     batches = iter(stream)
     next(batches)
-    workers = psutil.Process().children()
-    assert workers, "the stream should run a worker process"
-    for child in workers:
+    helpers = psutil.Process().children(recursive=True)
+    assert len(helpers) >= 2, "the stream should run a fork server and a worker process"
+    for proc in helpers:
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
-            os.kill(child.pid, sig)
+            os.kill(proc.pid, sig)
     time.sleep(0.5)
-    assert all(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in workers)
+    assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in helpers)
     for _ in range(3):
         assert next(batches)["mr"].shape[0] == 2
+    stream.close()
+
+
+def test_loader_workers_come_from_a_fork_server_not_from_the_threaded_trainer(demo_shards: Path) -> None:
+    """A worker forked from a process with other threads inherits their locks as they were at that instant (CI saw
+    one hang for 10 minutes); workers are forked by a single-threaded fork server instead."""
+    import psutil
+
+    stream = UnpairedStream(_cfg(demo_shards, num_workers=2), 16, seed=0)
+    assert next(iter(stream))["mr"].shape[0] == 2
+    me = psutil.Process()
+    workers = [p for p in me.children(recursive=True) if p.ppid() != me.pid]
+    assert len(workers) == 2, "two workers, forked by a server that is this process's child"
+    assert all(p.parent().num_threads() == 1 for p in workers), "the server that forks them runs one thread"
     stream.close()
 
 
