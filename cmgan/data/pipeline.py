@@ -270,8 +270,8 @@ class _Stream:
         if self._batches is None:
             kw: dict[str, Any] = {}
             if self.cfg.num_workers > 0:
-                kw = {"persistent_workers": True, "prefetch_factor": self.cfg.prefetch_factor}
-                kw["multiprocessing_context"] = worker_context()
+                kw = {"persistent_workers": True, "prefetch_factor": self.cfg.prefetch_factor,
+                      "multiprocessing_context": worker_context()}
             loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
                                 pin_memory=torch.cuda.is_available(), **kw)
             self._batches = _track(loader, self._progress)

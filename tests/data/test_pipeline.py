@@ -224,10 +224,11 @@ def test_loader_workers_come_from_a_fork_server_not_from_the_threaded_trainer(de
     one hang for 10 minutes); workers are forked by a single-threaded fork server instead."""
     import psutil
 
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}  # an earlier test's loader may still have its workers
     stream = UnpairedStream(_cfg(demo_shards, num_workers=2), 16, seed=0)
     assert next(iter(stream))["mr"].shape[0] == 2
-    me = psutil.Process()
-    workers = [p for p in me.children(recursive=True) if p.ppid() != me.pid]
+    workers = [p for p in me.children(recursive=True) if p.pid not in before and p.ppid() != me.pid]
     assert len(workers) == 2, "two workers, forked by a server that is this process's child"
     assert all(p.parent().num_threads() == 1 for p in workers), "the server that forks them runs one thread"
     stream.close()
