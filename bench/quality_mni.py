@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                    "sagittal reslices")
     p.add_argument("--rescore", action="store_true", help="colorize and score the runs already in --out (their S, "
                    "exports and data); train nothing")
+    p.add_argument("--reuse-seg", action="store_true", help="keep the S already pretrained in --out by an earlier "
+                   "run of this command (the same data and --seg-steps: it resumes, and a completed S is kept as is) "
+                   "instead of pretraining it again; its Dice is measured either way")
     p.add_argument("--keep-luminance", action="store_true", help="colorize with the input's luminance "
                    "(`launch/colorize.py --keep-luminance`)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -381,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         seg = {"export": str(out / "seg" / "export" / "seg.pt"), "dice_train": None, "seconds": None,
                "steps": json.loads((out / "seg" / "summary.json").read_text()).get("steps")}
     else:
-        shutil.rmtree(out / "seg", ignore_errors=True)  # from scratch: pretrain_segmenter resumes otherwise
+        if not args.reuse_seg:
+            shutil.rmtree(out / "seg", ignore_errors=True)  # from scratch: pretrain_segmenter resumes otherwise
         seg = segmenter(seg_cfg, data["shards"])
     rows = [run_seed(args, overrides, s, data, out, threads) for s in range(args.seeds)]
     for r in rows:
