@@ -42,17 +42,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cmgan.config import load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
+from cmgan.models.edges import BT601  # noqa: E402
 
 TISSUES = {1: "cortex", 3: "white_matter", 4: "csf"}
 """The labels the MNI maps give (schema.LABEL_NAMES indices)."""
 SCORES = ("ssim_fg", "psnr_fg", "ssim", "psnr", "mi", "grid_ssim_fg", "grid_psnr_fg", "separation_ab",
-          "flicker_ab", "seg_s", "train_s", "colorize_s", "score_s")
+          "flicker_ab", "rim_dy", "interior_dy", "seg_s", "train_s", "colorize_s", "score_s")
+RIM_VOXELS = 2
+"""Depth of the brain's outer shell in which a dark halo is measured (rim_dy)."""
 T1_NAME, LABEL_NAME = "mni152_T1.nii", "mni152_T1_seg.nii"  # uncompressed: gzip costs more than it saves here
 
 
@@ -213,7 +217,9 @@ def score_volume(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, tissue: 
     image: (X, Y, Z) float in [-1, 1] (the normalized input); rgb: (X, Y, Z, 3) uint8 (the output); brain:
     (X, Y, Z) bool; tissue: (X, Y, Z) uint8 labels; grid_image: the input through the model's grid (optional).
     returns QualityAccumulator's figures (ssim_fg, psnr_fg, ssim, psnr, mi, separation_ab, flicker_ab, slices),
-    grid_ssim_fg / grid_psnr_fg against grid_image, and tissue_lab {tissue: [L, a, b]} (mean inside the brain).
+    grid_ssim_fg / grid_psnr_fg against grid_image, tissue_lab {tissue: [L, a, b]} (mean inside the brain), and
+    rim_dy / interior_dy: the output's BT.601 luminance minus the input's (both in [0, 1]), mean over the brain's
+    outer shell of RIM_VOXELS voxels and over the rest of the brain (a dark halo: rim_dy < 0 while interior_dy ~ 0).
     """
     from cmgan.colorspace import srgb8_to_lab as rgb_to_lab
     from cmgan.data.slicing import take_slice
@@ -240,6 +246,9 @@ def score_volume(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, tissue: 
     if "grid_" in accs:
         g = accs["grid_"].result()
         result.update(grid_ssim_fg=g["ssim_fg"], grid_psnr_fg=g["psnr_fg"])
+    dy = (rgb[brain].astype(np.float32) @ np.asarray(BT601, np.float32)) / 255 - (image[brain] + 1) / 2
+    shell = (brain & ~ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1), RIM_VOXELS))[brain]
+    result.update(rim_dy=float(dy[shell].mean()), interior_dy=float(dy[~shell].mean()))
     lab = rgb_to_lab(rgb[brain])
     result["tissue_lab"] = {names[t]: [round(float(v), 2) for v in lab[tissue[brain] == t].mean(0)]
                             for t in sorted(set(np.unique(tissue[brain]).tolist()) - {0})}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,13 +58,13 @@ def test_mni_data_preparation_builds_labelled_train_shards(tmp_path):
 def test_score_volume_perfect_and_gray_outputs():
     q = _bench()
     rng = np.random.default_rng(0)
-    shape = (24, 28, 6)
+    shape = (24, 28, 10)
     brain = np.zeros(shape, bool)
-    brain[4:20, 4:24, 1:5] = True
+    brain[4:20, 4:24, 1:9] = True  # 8 slices: a 2-voxel shell leaves an interior
     tissue = np.zeros(shape, np.uint8)
     tissue[brain] = 3
-    tissue[4:12, 4:24, 1:5] = 1
-    tissue[4:8, 4:10, 1:5] = 4
+    tissue[4:12, 4:24, 1:9] = 1
+    tissue[4:8, 4:10, 1:9] = 4
     tissue[~brain] = 0
     image = np.where(brain, rng.uniform(-0.6, 0.8, shape), -1.0).astype(np.float32)
     gray8 = np.repeat(np.clip(np.rint((image + 1) * 127.5), 0, 255).astype(np.uint8)[..., None], 3, -1)
@@ -82,3 +83,11 @@ def test_score_volume_perfect_and_gray_outputs():
     assert scored["separation_ab"] > 30 and scored["ssim_fg"] < 0.9
     assert scored["tissue_lab"]["cortex"][1] > 30  # red: a* > 0
     assert "grid_ssim_fg" not in scored
+    assert perfect["rim_dy"] == pytest.approx(0.0, abs=0.003)
+    assert perfect["interior_dy"] == pytest.approx(0.0, abs=0.003)
+    # A dark halo: the brain's outer 2-voxel shell 40 levels darker, the interior untouched.
+    halo = gray8.astype(np.int16)
+    eroded = ndimage.binary_erosion(brain, ndimage.generate_binary_structure(3, 1), q.RIM_VOXELS)
+    halo[brain & ~eroded] -= 40
+    dark = q.score_volume(quantized, np.clip(halo, 0, 255).astype(np.uint8), brain, tissue, axis=2)
+    assert dark["rim_dy"] < -0.1 and dark["interior_dy"] == pytest.approx(0.0, abs=0.003)
