@@ -5,6 +5,7 @@
     python bench/quality_mni.py --size 128                       # 128x128 (builds demo color phantoms at 128)
     python bench/quality_mni.py train.lr=2e-4 loss.identity=0    # any dotted override of the run config
     python bench/quality_mni.py --rescore --keep-luminance       # the runs in --out again, input luminance kept
+    python bench/quality_mni.py --seeds 3 --jobs 2 --reuse-seg --reuse-runs   # add seeds 1, 2 to an earlier seed 0
 
 Steps, each through the library:
 1. Data (offline, nilearn): the MNI ICBM152 2009 T1 template (197x233x189, 1 mm, skull-stripped), written
@@ -33,10 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cmgan.config import load_config  # noqa: E402
+from cmgan.config import dumps_toml, load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
 from cmgan.models.edges import BT601  # noqa: E402
 
@@ -285,6 +288,16 @@ def figure(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, path: Path, co
 # ------------------------------------------------------------------------------------------------------ runs
 
 
+def completed_run(run_dir: Path, cfg: Any) -> bool:
+    """Whether `run_dir` holds a completed run of exactly `cfg` (its recorded config, byte for byte)."""
+    try:
+        same = (run_dir / "config.toml").read_text() == dumps_toml(cfg)
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return same and summary.get("status") == "completed" and bool(summary.get("export"))
+
+
 def run_seed(args: argparse.Namespace, overrides: list[str], seed: int, data: dict[str, Any], out: Path,
              threads: int) -> dict[str, Any]:
     """Train G for one seed, colorize the MNI volume with its export, score it (and draw it for seed 0)."""
@@ -297,14 +310,14 @@ def run_seed(args: argparse.Namespace, overrides: list[str], seed: int, data: di
     from cmgan.train.trainer import train
 
     run_dir = out / f"seed{seed}"
-    if args.rescore:  # the export of an earlier run of the same command
+    cfg = load_config(args.config, overrides + [
+        f'train.run_dir="{run_dir}"', f"train.seed={seed}", f"train.steps={args.steps}",
+        f"train.ckpt_every_steps={args.steps}", "train.ckpt_every_minutes=0", f"train.sample_every={args.steps}"])
+    if args.rescore or (args.reuse_runs and completed_run(run_dir, cfg)):  # the export of an earlier run
         summary = json.loads((run_dir / "summary.json").read_text())
         train_s = None
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # from scratch: a run directory with a checkpoint resumes
-        cfg = load_config(args.config, overrides + [
-            f'train.run_dir="{run_dir}"', f"train.seed={seed}", f"train.steps={args.steps}",
-            f"train.ckpt_every_steps={args.steps}", "train.ckpt_every_minutes=0", f"train.sample_every={args.steps}"])
         t0 = time.time()
         summary = train(cfg)
         train_s = round(time.time() - t0, 1)
@@ -373,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-seg", action="store_true", help="keep the S already pretrained in --out by an earlier "
                    "run of this command (the same data and --seg-steps: it resumes, and a completed S is kept as is) "
                    "instead of pretraining it again; its Dice is measured either way")
+    p.add_argument("--reuse-runs", action="store_true", help="keep each seed's run already in --out when it "
+                   "completed with exactly this config (its config.toml); train the other seeds")
+    p.add_argument("--jobs", type=int, default=1, help="seeds trained at once, in separate processes (the threads "
+                   "split between them)")
     p.add_argument("--keep-luminance", action="store_true", help="colorize with the input's luminance "
                    "(`launch/colorize.py --keep-luminance`)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -396,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.reuse_seg:
             shutil.rmtree(out / "seg", ignore_errors=True)  # from scratch: pretrain_segmenter resumes otherwise
         seg = segmenter(seg_cfg, data["shards"])
-    rows = [run_seed(args, overrides, s, data, out, threads) for s in range(args.seeds)]
+    if args.jobs > 1:  # seeds in parallel processes, the threads split between them
+        per_job = max(1, threads // args.jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, ctx, initializer=torch.set_num_threads, initargs=(per_job,)) as pool:
+            rows = list(pool.map(run_seed, *zip(*[(args, overrides, s, data, out, per_job)
+                                                  for s in range(args.seeds)])))
+    else:
+        rows = [run_seed(args, overrides, s, data, out, threads) for s in range(args.seeds)]
     for r in rows:
         r["seg_s"] = seg["seconds"]
     cfg = load_config(args.config, overrides)

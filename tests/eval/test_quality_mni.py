@@ -91,3 +91,18 @@ def test_score_volume_perfect_and_gray_outputs():
     halo[brain & ~eroded] -= 40
     dark = q.score_volume(quantized, np.clip(halo, 0, 255).astype(np.uint8), brain, tissue, axis=2)
     assert dark["rim_dy"] < -0.1 and dark["interior_dy"] == pytest.approx(0.0, abs=0.003)
+
+
+def test_reuse_runs_keeps_only_a_completed_run_of_the_same_config(tmp_path):
+    from cmgan.config import dumps_toml, load_config
+
+    q = _bench()
+    cfg = load_config(REPO / "configs" / "quality.toml", [f'train.run_dir="{tmp_path}"', "train.seed=1"])
+    assert not q.completed_run(tmp_path, cfg)  # nothing there
+    (tmp_path / "config.toml").write_text(dumps_toml(cfg))
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "stopped", "export": "g.pt"}))
+    assert not q.completed_run(tmp_path, cfg)  # preempted: train it again
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "export": "g.pt"}))
+    assert q.completed_run(tmp_path, cfg)
+    assert not q.completed_run(tmp_path, load_config(REPO / "configs" / "quality.toml", [
+        f'train.run_dir="{tmp_path}"', "train.seed=1", "optim.schedule=linear"]))  # another recipe
