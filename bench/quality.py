@@ -21,12 +21,10 @@ import argparse
 import contextlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))  # its helpers, also when a test loads this file as a module
+
+from parallel import map_in_processes  # noqa: E402
 
 from cmgan import checkpoint, precision  # noqa: E402
 from cmgan.colorize.consistency import smooth_chroma  # noqa: E402
@@ -296,13 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(args.config, overrides, s, steps, args.points, out, not args.no_ema, args.rescore,
              Path(args.figure) if args.figure and s == 0 else None, args.finish, args.smooth_sigma)
             for s in range(args.seeds)]
-    if args.jobs > 1:  # seeds in parallel processes, the threads split between them
-        threads = max(1, torch.get_num_threads() // args.jobs)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, ctx, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            per_seed = list(pool.map(run_seed, *zip(*jobs)))
-    else:
-        per_seed = [run_seed(*job) for job in jobs]
+    per_seed = map_in_processes(run_seed, jobs, args.jobs)
     curve = aggregate(per_seed)
     line = {
         "bench": "quality", "config": str(args.config), "overrides": overrides, "seeds": args.seeds,

@@ -34,12 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,9 @@ from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))  # its helpers, also when a test loads this file as a module
+
+from parallel import map_in_processes, threads_per_job  # noqa: E402
 
 from cmgan.config import dumps_toml, load_config  # noqa: E402
 from cmgan.data import schema  # noqa: E402
@@ -413,14 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.reuse_seg:
             shutil.rmtree(out / "seg", ignore_errors=True)  # from scratch: pretrain_segmenter resumes otherwise
         seg = segmenter(seg_cfg, data["shards"])
-    if args.jobs > 1:  # seeds in parallel processes, the threads split between them
-        per_job = max(1, threads // args.jobs)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, ctx, initializer=torch.set_num_threads, initargs=(per_job,)) as pool:
-            rows = list(pool.map(run_seed, *zip(*[(args, overrides, s, data, out, per_job)
-                                                  for s in range(args.seeds)])))
-    else:
-        rows = [run_seed(args, overrides, s, data, out, threads) for s in range(args.seeds)]
+    per_job = threads_per_job(threads, args.jobs)
+    rows = map_in_processes(run_seed, [(args, overrides, s, data, out, per_job) for s in range(args.seeds)],
+                            args.jobs, threads)
     for r in rows:
         r["seg_s"] = seg["seconds"]
     cfg = load_config(args.config, overrides)
