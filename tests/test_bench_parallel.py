@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import torch
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _parallel():
-    spec = importlib.util.spec_from_file_location("parallel", REPO / "bench" / "parallel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "parallel.py", "bench_parallel")
 
 
 def where_it_ran(seed: int, scale: int) -> tuple[int, int, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("quality_mni", REPO / "bench" / "quality_mni.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "quality_mni.py", "quality_mni")
 
 
 def test_tissue_labels_follow_the_maps_inside_the_mask():

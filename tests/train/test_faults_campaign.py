@@ -4,10 +4,9 @@ processes; both must end bit-identical to the uninterrupted run of their world s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
+
+from tests.scripts import load_script
 
 from .conftest import REPO
 
@@ -15,11 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def load_faults():
-    spec = importlib.util.spec_from_file_location("bench_faults", REPO / "bench" / "faults.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "bench" / "faults.py", "bench_faults")
 
 
 def test_two_fault_trials_with_a_sigkill_resume_bit_exact_in_fresh_processes(demo_shards, tmp_path):

@@ -1,13 +1,11 @@
-import importlib.util
+
+from tests.scripts import load_script
 
 from .conftest import TRAIN_SCRIPT
 
 
 def load_launcher():
-    spec = importlib.util.spec_from_file_location("launch_train", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TRAIN_SCRIPT, "launch_train")
 
 
 def test_launch_train_exits_2_and_names_the_key_on_a_bad_override(capsys):
