@@ -11,6 +11,8 @@ Variants, each its own networks in this one process (world size 1), same weights
 - `fp32`:      fp32, NCHW, eager, at `--batch` (what a user gets without those choices): the baseline;
 - `fp32_b1`:   fp32, NCHW, eager, batch 1: the public code's published configuration (its precision, layout and
                batch; run with cmgan's networks and step, since the public code itself is not part of this repo);
+- `fp32_b1xB` (with `--accum`): fp32, NCHW, eager, `--batch` micro-batches of 1 accumulated into one update
+               (`train.grad_accum`): ours' effective batch at the published configuration's per-image cost;
 - `ours_compiled` (with `--compile`): ours under torch.compile (compile time reported).
 Also in every round: the machine's 3x3 conv throughput (128 -> 128 channels, (4, 128, S, S), S = `--conv-size`)
 in ours' precision and channels_last, forward alone and forward + backward. After `--warmup` untimed steps per
@@ -23,9 +25,9 @@ batch 1, and scaled by (size/64)^2 x batch: every layer is a convolution whose c
 
 Memory (unless `--memory-batches ''`; `--memory-only` runs just this): peak RSS (VmHWM) of a fresh process
 running two steps of ours at each of the given batches; the slope over batch is the memory per image, the
-intercept the fixed cost; the largest batch that fits 16 GiB is extrapolated linearly from them (an estimate, not
-a run at that batch). Data loading is not in these steps (fixed batches): bench/loader.py measures the loader
-against the step rate.
+intercept the fixed cost; the largest batch that fits 16 GiB is extrapolated linearly from them (an estimate,
+not a run at that batch: `--memory-only --memory-batches N,N+1` around it measures it). Data loading is not in
+these steps (fixed batches): bench/loader.py measures the loader against the step rate.
 
 Prints ONE JSON line.
 """
@@ -111,6 +113,7 @@ def main() -> None:
     p.add_argument("--conv-size", type=int, default=128, help="spatial size of the conv-throughput probe")
     p.add_argument("--no-published", action="store_true", help="skip the fp32 batch-1 variant")
     p.add_argument("--compile", action="store_true", help="add ours under torch.compile")
+    p.add_argument("--accum", action="store_true", help="add fp32 NCHW, --batch micro-batches of 1 accumulated")
     p.add_argument("--memory-only", action="store_true", help="only the peak-RSS runs of --memory-batches")
     p.add_argument("--memory-batches", default="1,2", help="batches of the peak-RSS runs ('' = skip)")
     p.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
@@ -136,15 +139,17 @@ def main() -> None:
         setup = bench_setup(tmp / "main", args.size, args.width, args.vgg_file)
         flops_1 = step_flops(bench_setup(tmp / "count", FLOP_COUNT_SIZE, args.width, args.vgg_file)) * (
             args.size / FLOP_COUNT_SIZE) ** 2
-        variants = [(args.precision, True, args.batch, False), ("fp32", False, args.batch, False)]
+        variants = [(args.precision, True, args.batch, False, 1), ("fp32", False, args.batch, False, 1)]
         if not args.no_published:
-            variants.append(("fp32", False, 1, False))
+            variants.append(("fp32", False, 1, False, 1))
+        if args.accum:
+            variants.append(("fp32", False, 1, False, args.batch))
         if args.compile:
-            variants.append((args.precision, True, args.batch, True))
+            variants.append((args.precision, True, args.batch, True, 1))
         steps = {}
         compile_s = None
-        for precision, cl, batch, comp in variants:
-            step = TrainStep(setup, precision, cl, batch, compile=comp)
+        for precision, cl, batch, comp, accum in variants:
+            step = TrainStep(setup, precision, cl, batch, compile=comp, accum=accum)
             t0 = time.perf_counter()
             for _ in range(args.warmup):
                 step()
@@ -168,7 +173,7 @@ def main() -> None:
         if args.memory_batches:
             memory = measure_memory(args, tmp / "main", [int(b) for b in args.memory_batches.split(",")])
 
-    rate = {name: steps[name].batch / statistics.median(t) for name, t in times.items()}
+    rate = {name: steps[name].images / statistics.median(t) for name, t in times.items()}
     peak_fwd, peak_train = statistics.median(conv_fwd), statistics.median(conv_train)
     achieved = flops_1 * rate[ours]
     result = {
@@ -182,6 +187,9 @@ def main() -> None:
     }
     if "fp32_b1" in rate:
         result["speedup_ours_over_published_fp32_b1"] = round(rate[ours] / rate["fp32_b1"], 2)
+    if args.accum:
+        accum = TrainStep.variant_name("fp32", False, 1, accum=args.batch)
+        result["speedup_accum_b1_over_ours"] = round(rate[accum] / rate[ours], 2)
     if args.compile:
         result["compile_s_incl_warmup"] = round(compile_s, 1)
         result["speedup_compiled_over_eager"] = round(rate[f"{ours}_compiled"] / rate[ours], 2)

@@ -71,7 +71,7 @@ def bench_setup(root: Path, size: int, width: int, vgg: str) -> BenchSetup:
 
 
 def overrides(setup: BenchSetup, precision: str, channels_last: bool, batch: int, compile: bool = False,
-              extra: tuple[str, ...] = ()) -> list[str]:
+              extra: tuple[str, ...] = (), accum: int = 1) -> list[str]:
     """Config overrides of one variant: the paper's networks at `width` (S the same, D half), identity on."""
     w = setup.width
     return [
@@ -80,25 +80,28 @@ def overrides(setup: BenchSetup, precision: str, channels_last: bool, batch: int
         f"train.seg_checkpoint='{setup.root / 'seg.pt'}'", f"loss.vgg_weights='{setup.vgg}'",
         f"data.batch_size={batch}", f"train.precision={precision}",
         f"train.channels_last={'true' if channels_last else 'false'}",
-        f"train.compile={'true' if compile else 'false'}",
-        f"train.run_dir='{setup.root / 'runs' / f'{precision}-cl{int(channels_last)}-b{batch}'}'",
+        f"train.compile={'true' if compile else 'false'}", f"train.grad_accum={accum}",
+        f"train.run_dir='{setup.root / 'runs' / f'{precision}-cl{int(channels_last)}-b{batch}x{accum}'}'",
         *extra,
     ]
 
 
 class TrainStep:
-    """One variant's networks, optimizers and fixed batch; calling it runs one full training step."""
+    """One variant's networks, optimizers and fixed batch; calling it runs one full training step of
+    `batch` x `accum` images (`accum` micro-batches of `batch`, one update)."""
 
     def __init__(self, setup: BenchSetup, precision: str, channels_last: bool, batch: int,
-                 compile: bool = False) -> None:
+                 compile: bool = False, accum: int = 1) -> None:
         from cmgan.config import load_config
         from cmgan.distenv import detect_env
         from cmgan.train import distributed
         from cmgan.train.trainer import build
 
-        self.name = self.variant_name(precision, channels_last, batch, compile)
+        self.name = self.variant_name(precision, channels_last, batch, compile, accum)
         self.batch = batch
-        self.cfg = load_config(None, overrides(setup, precision, channels_last, batch, compile))
+        self.images = batch * accum
+        """Images per step."""
+        self.cfg = load_config(None, overrides(setup, precision, channels_last, batch, compile, accum=accum))
         self.backend = distributed.Backend(self.cfg.train, batch, detect_env())
         self.parts = build(self.cfg, self.backend)
         g = torch.Generator().manual_seed(1)
@@ -107,9 +110,10 @@ class TrainStep:
         self.batches = itertools.repeat({"mr": x, "color": y})
 
     @staticmethod
-    def variant_name(precision: str, channels_last: bool, batch: int, compile: bool = False) -> str:
-        """e.g. "fp32_cl_b4", "fp32_b1", "bf16_cl_b4_compiled"."""
-        return f"{precision}{'_cl' if channels_last else ''}_b{batch}{'_compiled' if compile else ''}"
+    def variant_name(precision: str, channels_last: bool, batch: int, compile: bool = False, accum: int = 1) -> str:
+        """e.g. "fp32_cl_b4", "fp32_b1", "fp32_b1x4" (4 micro-batches of 1), "bf16_cl_b4_compiled"."""
+        return (f"{precision}{'_cl' if channels_last else ''}_b{batch}{f'x{accum}' if accum > 1 else ''}"
+                f"{'_compiled' if compile else ''}")
 
     def __call__(self) -> float:
         """One step; returns loss_g + loss_d (a float, so the step has really finished)."""

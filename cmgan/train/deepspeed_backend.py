@@ -120,7 +120,7 @@ class DeepSpeedBackend(Backend):
             config=self.ds_config(),
         )
         if self.train.compile:
-            group.compiled = {k: torch.compile(m) for k, m in modules.items()}
+            group.compiled = {k: torch.compile(m, backend=self.train.compile_backend) for k, m in modules.items()}
         nets = {k: EngineCall(engine, k, m) for k, m in modules.items()}
         return Trainable(name, nets, dict(modules), ds_optimizer, scheduler, None, engine)
 

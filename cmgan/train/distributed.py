@@ -211,7 +211,7 @@ class Backend:
         return x.contiguous(memory_format=torch.channels_last) if self.train.channels_last and x.ndim == 4 else x
 
     def _compile(self, fn: Any) -> Any:
-        return torch.compile(fn) if self.train.compile else fn
+        return torch.compile(fn, backend=self.train.compile_backend) if self.train.compile else fn
 
     # -- trainables --------------------------------------------------------------------------------
     def prepare(

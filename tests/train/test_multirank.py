@@ -114,3 +114,32 @@ def test_deepspeed_zero2_trains_and_resumes_from_its_own_checkpoint(demo_shards,
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert [(s["start_step"], s["steps"], s["status"]) for s in summaries(resumed)] == [(3, 4, "completed")] * 2
     assert_replicas_identical(tmp_path, 4)
+
+
+def test_compiled_networks_train_under_ddp_like_eager_ones_and_compile_only_in_the_first_step(demo_shards, tmp_path):
+    """train.compile under DDP with two ranks (the aot_eager backend: dynamo's tracing, DDP's graph splitting and
+    AOTAutograd, without inductor's minutes of code generation): the same losses as eager, identical replicas,
+    and every (re)compilation inside step 1, none afterwards."""
+    losses = {}
+    for mode, extra in (("eager", ()), ("compiled", ("train.compile=true", "train.compile_backend=aot_eager"))):
+        run_dir = tmp_path / mode
+        overrides = tiny_overrides(demo_shards, run_dir, "model.fusion=none", "train.steps=3",
+                                   "train.ckpt_every_steps=3", "optim.schedule=constant", *extra)
+        cmd = torchrun("--nproc_per_node", "2", "--master_port", str(free_port()), str(TRAIN_SCRIPT), *overrides)
+        [res] = run([cmd], subprocess_env(ACCELERATE_USE_CPU="true", TORCH_LOGS="recompiles"))
+        assert res.returncode == 0, res.stderr[-4000:]
+        assert_replicas_identical(run_dir, 3)
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[mode] = [(r["loss_g"], r["loss_d"]) for r in lines]
+        if mode == "compiled":
+            log = res.stderr.splitlines()
+            recompiles = [i for i, line in enumerate(log) if "[rank0]" in line and "Recompiling function" in line]
+            first_step = next(i for i, line in enumerate(log) if "step 1/3" in line)
+            # G and F share Generator.forward, Dx and Dy (trainable, frozen) Discriminator.forward: their
+            # signatures are compiled as they first appear, all in step 1.
+            assert any("generator.py" in log[i] for i in recompiles) and any("discriminator.py" in log[i]
+                                                                             for i in recompiles), log[-40:]
+            assert max(recompiles) < first_step, [log[i] for i in recompiles if i > first_step]
+    assert len(losses["compiled"]) == 3
+    for (g_e, d_e), (g_c, d_c) in zip(losses["eager"], losses["compiled"]):
+        assert abs(g_c - g_e) <= 1e-5 * abs(g_e) and abs(d_c - d_e) <= 1e-5 * abs(d_e), losses
