@@ -51,7 +51,7 @@ sys.path.append(str(REPO / "bench"))  # its helpers, also when a test loads this
 
 from parallel import map_in_processes, threads_per_job  # noqa: E402
 
-from cmgan.config import dumps_toml, load_config  # noqa: E402
+from cmgan.config import ConfigError, load_config, to_dict  # noqa: E402
 from cmgan.data import schema  # noqa: E402
 from cmgan.models.edges import BT601  # noqa: E402
 
@@ -290,13 +290,34 @@ def figure(image: np.ndarray, rgb: np.ndarray, brain: np.ndarray, path: Path, co
 
 
 def completed_run(run_dir: Path, cfg: Any) -> bool:
-    """Whether `run_dir` holds a completed run of exactly `cfg` (its recorded config, byte for byte)."""
+    """Whether `run_dir` holds a completed run of `cfg`: its recorded config.toml, read as a config (a field added to
+    cmgan since then takes its default), equals `cfg`. A completed run of another config ends the command with one
+    line naming the fields that differ: reusing it would mix recipes, and training over it would delete it."""
     try:
-        same = (run_dir / "config.toml").read_text() == dumps_toml(cfg)
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return same and summary.get("status") == "completed" and bool(summary.get("export"))
+    if summary.get("status") != "completed" or not summary.get("export"):
+        return False  # preempted or failed: trained again
+    try:
+        recorded = load_config(run_dir / "config.toml")
+    except (OSError, ConfigError) as e:
+        raise SystemExit(f"{run_dir / 'config.toml'}: a completed run whose config cannot be read ({e}); move the "
+                         "run away, or drop --reuse-runs to train over it") from None
+    if recorded != cfg:
+        old, new = flat(to_dict(recorded)), flat(to_dict(cfg))
+        differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise SystemExit(f"{run_dir}: a completed run of another config (differs in {', '.join(differ)}); move it "
+                         "away, or drop --reuse-runs to train over it")
+    return True
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 1}} -> {"train.seed": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def run_seed(args: argparse.Namespace, overrides: list[str], seed: int, data: dict[str, Any], out: Path,

@@ -91,7 +91,7 @@ def test_score_volume_perfect_and_gray_outputs():
     assert dark["rim_dy"] < -0.1 and dark["interior_dy"] == pytest.approx(0.0, abs=0.003)
 
 
-def test_reuse_runs_keeps_only_a_completed_run_of_the_same_config(tmp_path):
+def test_reuse_runs_keeps_only_a_completed_run_of_the_same_config_and_never_trains_over_another(tmp_path):
     from cmgan.config import dumps_toml, load_config
 
     q = _bench()
@@ -102,5 +102,14 @@ def test_reuse_runs_keeps_only_a_completed_run_of_the_same_config(tmp_path):
     assert not q.completed_run(tmp_path, cfg)  # preempted: train it again
     (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "export": "g.pt"}))
     assert q.completed_run(tmp_path, cfg)
-    assert not q.completed_run(tmp_path, load_config(REPO / "configs" / "quality.toml", [
-        f'train.run_dir="{tmp_path}"', "train.seed=1", "optim.schedule=linear"]))  # another recipe
+    # Recorded before a field existed (here: train.compile_backend, at its default): still the same config.
+    older = "\n".join(line for line in dumps_toml(cfg).splitlines() if not line.startswith("compile_backend"))
+    assert older != dumps_toml(cfg)
+    (tmp_path / "config.toml").write_text(older)
+    assert q.completed_run(tmp_path, cfg)
+    # Another recipe: one line naming the difference, and the completed run is left alone.
+    linear = load_config(REPO / "configs" / "quality.toml", [
+        f'train.run_dir="{tmp_path}"', "train.seed=1", "optim.schedule=linear"])
+    with pytest.raises(SystemExit, match=r"another config \(differs in optim.schedule\)"):
+        q.completed_run(tmp_path, linear)
+    assert (tmp_path / "config.toml").read_text() == older
