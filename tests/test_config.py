@@ -50,6 +50,7 @@ def test_resolved_config_round_trips_through_toml_and_json(tmp_path):
         ("model.image_size=100", ["model.image_size", "divisible"]),
         ("loss.cycle=-1", ["loss.cycle", ">= 0"]),
         ("train.precision=fp8", ["train.precision", "bf16"]),
+        ("train.compile_backend=cudagraphs", ["train.compile_backend", "inductor", "aot_eager"]),
         ("loss.cylce=3", ["cylce", "cycle"]),
         ("train.steps=ten", ["train.steps", "integer"]),
     ],
