@@ -160,12 +160,17 @@ def main() -> None:
         base = TrainStep.variant_name("fp32", False, args.batch)
         load_start = os.getloadavg()[0]
         times: dict[str, list[float]] = {name: [] for name in steps}
+        gpu_peak_gib = {name: 0.0 for name in steps}
         conv_fwd, conv_train = [], []
         for _ in range(args.rounds):
             for name, step in steps.items():
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
-                step()
+                step()  # returns a Python float: on a GPU the step has finished
                 times[name].append(time.perf_counter() - t0)
+                if torch.cuda.is_available():
+                    gpu_peak_gib[name] = max(gpu_peak_gib[name], torch.cuda.max_memory_allocated() / 2**30)
             conv_fwd.append(conv_throughput(args.precision, True, size=args.conv_size))
             conv_train.append(conv_throughput(args.precision, True, backward=True, size=args.conv_size))
         load_end = os.getloadavg()[0]
@@ -203,6 +208,8 @@ def main() -> None:
         "utilization_of_conv_fwd_bwd": round(achieved / peak_train, 3),
         **memory,
     })
+    if torch.cuda.is_available():  # tensors allocated by the step (the variants' weights and states included)
+        result["peak_gpu_gib"] = {name: round(v, 3) for name, v in gpu_peak_gib.items()}
     print(json.dumps(result))
 
 
